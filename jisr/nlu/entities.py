@@ -1,0 +1,112 @@
+"""Gazetteer entities: the host country, the child's school stage, the role, a language name.
+
+Why not DIET's entity recogniser: these are closed lists (a few hundred
+spellings across six language forms) that families type in predictable ways;
+a folded-spelling look-up is exact, needs no annotated examples, and an
+operator extends it by editing ``content/gazetteer.yml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from jisr.paths import CONTENT_DIR
+from jisr.text import normalize_for_matching
+
+ENTITY_COUNTRY = "country"
+ENTITY_SCHOOL_LEVEL = "school_level"
+ENTITY_ROLE = "role"
+ENTITY_LANGUAGE = "language_name"
+
+_GAZETTEER_SECTIONS = {
+    "countries": ENTITY_COUNTRY,
+    "school_levels": ENTITY_SCHOOL_LEVEL,
+    "roles": ENTITY_ROLE,
+    "languages": ENTITY_LANGUAGE,
+}
+# Arabic glues prepositions and the article to the noun: "ففرنسا", "بالعربية", "لالمانيا".
+_ARABIC_PREFIX = r"(?:[وفبلك]?(?:ال)?)"
+# Latin-script Darija glues them too: "lfransa", "f l'italie", "fsbanya".
+_LATIN_PREFIX = r"(?:(?:[lfb]|fl|fel|bl)'?)?"
+_ARABIC_CHAR = re.compile(r"[\u0600-\u06ff]")
+
+
+@dataclass(frozen=True)
+class EntityMatch:
+    entity: str
+    value: str
+    start: int
+    end: int
+    surface: str
+
+    def as_rasa_entity(self, extractor: str) -> dict:
+        return {
+            "entity": self.entity,
+            "value": self.value,
+            "start": self.start,
+            "end": self.end,
+            "confidence_entity": 1.0,
+            "extractor": extractor,
+        }
+
+
+def _term_pattern(term: str) -> str:
+    folded = normalize_for_matching(term)
+    body = r"\s+".join(re.escape(part) for part in folded.split())
+    if _ARABIC_CHAR.search(folded):
+        return rf"(?<![\w]){_ARABIC_PREFIX}{body}(?![\w])"
+    if len(folded) >= 4 and folded[0].isalpha():
+        return rf"(?<![\w']){_LATIN_PREFIX}{body}(?![\w])"
+    return rf"(?<![\w']){body}(?![\w])"
+
+
+class Gazetteer:
+    """Compiled look-up of every entity type; longest match wins, no overlaps."""
+
+    def __init__(self, sections: dict[str, dict[str, list[str]]]) -> None:
+        self._patterns: list[tuple[str, str, re.Pattern[str]]] = []
+        for section, entity in _GAZETTEER_SECTIONS.items():
+            for value, terms in (sections.get(section) or {}).items():
+                for term in terms or []:
+                    self._patterns.append((entity, str(value), re.compile(_term_pattern(str(term)))))
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Gazetteer":
+        with path.open(encoding="utf-8") as handle:
+            return cls(yaml.safe_load(handle) or {})
+
+    def find(self, text: str, only: Iterable[str] | None = None) -> list[EntityMatch]:
+        """All non-overlapping matches in ``text``, in reading order.
+
+        Offsets refer to the folded text, which has the same length as the
+        message in all but rare cases (elongated letters, Arabic diacritics).
+        """
+        wanted = set(only) if only else None
+        folded = normalize_for_matching(text)
+        candidates: list[EntityMatch] = []
+        for entity, value, pattern in self._patterns:
+            if wanted and entity not in wanted:
+                continue
+            for found in pattern.finditer(folded):
+                candidates.append(EntityMatch(entity, value, found.start(), found.end(), found.group(0)))
+        candidates.sort(key=lambda m: (-(m.end - m.start), m.start))
+        taken: list[EntityMatch] = []
+        for match in candidates:
+            if all(match.end <= t.start or match.start >= t.end for t in taken):
+                taken.append(match)
+        return sorted(taken, key=lambda m: m.start)
+
+    def first_value(self, text: str, entity: str) -> str | None:
+        matches = self.find(text, only=[entity])
+        return matches[0].value if matches else None
+
+
+@lru_cache(maxsize=1)
+def default_gazetteer() -> Gazetteer:
+    return Gazetteer.from_file(CONTENT_DIR / "gazetteer.yml")
