@@ -72,7 +72,7 @@ class ActionOutOfScope(TopicAnswerer):
         return "action_out_of_scope"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
-        pending = self.answer_pending(dispatcher, tracker)
+        pending = self.answer_pending(dispatcher, tracker) or self.answer_follow_up(dispatcher, tracker)
         if pending is not None:
             return pending
         self.say(dispatcher, tracker, "out_of_scope")
@@ -87,8 +87,9 @@ class ActionFallback(TopicAnswerer):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
         # "France" alone, answering "which country?", may not classify well: the
-        # country was still picked up, so answer what was waiting.
-        pending = self.answer_pending(dispatcher, tracker)
+        # country was still picked up, so answer what was waiting ("and in
+        # Belgium?" after an answer likewise).
+        pending = self.answer_pending(dispatcher, tracker) or self.answer_follow_up(dispatcher, tracker)
         if pending is not None:
             return pending
         count = int(tracker.get_slot("fallback_count") or 0) + 1

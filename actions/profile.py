@@ -40,9 +40,16 @@ class ActionUpdateProfile(JisrAction):
 
         events += self._language_events(tracker, text, hints)
 
-        country = _last(latest_entities(tracker, "country")) or hints.get("country")
+        region = _last(latest_entities(tracker, "region")) or hints.get("region")
+        if region and region != tracker.get_slot("region"):
+            events.append(SlotSet("region", region))
+        # A region names its country ("Badalona" is in Spain).
+        region_country = region.split("-", 1)[0] if region else None
+        country = _last(latest_entities(tracker, "country")) or region_country or hints.get("country")
         if country and country != tracker.get_slot("country"):
             events.append(SlotSet("country", str(country).upper()))
+            if not region and tracker.get_slot("region") and not str(tracker.get_slot("region")).startswith(str(country).upper()):
+                events.append(SlotSet("region", None))  # moved to another country
         role = _last(latest_entities(tracker, "role")) or hints.get("role")
         if role in ROLES and role != tracker.get_slot("role"):
             events.append(SlotSet("role", role))

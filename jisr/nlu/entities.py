@@ -23,13 +23,17 @@ ENTITY_COUNTRY = "country"
 ENTITY_SCHOOL_LEVEL = "school_level"
 ENTITY_ROLE = "role"
 ENTITY_LANGUAGE = "language_name"
+ENTITY_REGION = "region"
 
 _GAZETTEER_SECTIONS = {
     "countries": ENTITY_COUNTRY,
     "school_levels": ENTITY_SCHOOL_LEVEL,
     "roles": ENTITY_ROLE,
     "languages": ENTITY_LANGUAGE,
+    "regions": ENTITY_REGION,
 }
+# A region is matched on its own layer: "München" is both a country (DE) and a region (DE-BY).
+_OWN_LAYER = {ENTITY_REGION}
 # Arabic glues prepositions and the article to the noun: "ففرنسا", "بالعربية", "لالمانيا".
 _ARABIC_PREFIX = r"(?:[وفبلك]?(?:ال)?)"
 # Latin-script Darija glues them too: "lfransa", "f l'italie", "fsbanya".
@@ -95,16 +99,34 @@ class Gazetteer:
                 continue
             for found in pattern.finditer(folded):
                 candidates.append(EntityMatch(entity, value, found.start(), found.end(), found.group(0)))
-        candidates.sort(key=lambda m: (-(m.end - m.start), m.start))
         taken: list[EntityMatch] = []
-        for match in candidates:
-            if all(match.end <= t.start or match.start >= t.end for t in taken):
-                taken.append(match)
-        return sorted(taken, key=lambda m: m.start)
+        for layer in (lambda m: m.entity not in _OWN_LAYER, lambda m: m.entity in _OWN_LAYER):
+            kept: list[EntityMatch] = []
+            for match in sorted(filter(layer, candidates), key=lambda m: (-(m.end - m.start), m.start)):
+                if all(match.end <= t.start or match.start >= t.end for t in kept):
+                    kept.append(match)
+            taken.extend(kept)
+        return sorted(taken, key=lambda m: (m.start, m.entity))
 
     def first_value(self, text: str, entity: str) -> str | None:
         matches = self.find(text, only=[entity])
         return matches[0].value if matches else None
+
+
+@lru_cache(maxsize=1)
+def follow_up_openers() -> tuple[str, ...]:
+    """Openings of follow-up questions, folded, longest first."""
+    data = yaml.safe_load((CONTENT_DIR / "gazetteer.yml").read_text(encoding="utf-8")) or {}
+    folded = {normalize_for_matching(str(o)) for o in data.get("follow_up_openers") or []}
+    return tuple(sorted(folded, key=len, reverse=True))
+
+
+def opens_as_follow_up(text: str, max_words: int = 6) -> bool:
+    """True for short messages like "et en Belgique ?" or "w ila kan f lycee?"."""
+    folded = normalize_for_matching(text).strip()
+    if len(folded.split()) > max_words:
+        return False
+    return any(folded == o or folded.startswith(o + " ") or (o.isalpha() and not o.isascii() and folded.startswith(o)) for o in follow_up_openers())
 
 
 @lru_cache(maxsize=1)
