@@ -10,7 +10,7 @@ from jisr.nlu.entities import default_gazetteer
         ("salam, wldi f 3eme f lfransa", "FR"),
         ("ولدي كيقرا ففرنسا", "FR"),
         ("نحن نعيش في إسبانيا", "ES"),
-        ("vivimos en Badalona", None),  # unknown city: no guess rather than a wrong one
+        ("vivimos en Villanueva del Rio", None),  # unknown place: no guess rather than a wrong one
         ("vivimos en Madrid", "ES"),
         ("siamo a Torino da due anni", "IT"),
         ("wir wohnen in München", "DE"),
@@ -57,3 +57,11 @@ def test_several_entities_in_reading_order():
 )
 def test_language_names(text, language):
     assert default_gazetteer().find(text, only=["language_name"])[-1].value == language
+
+
+@pytest.mark.parametrize(
+    "text, region",
+    [("wir wohnen in München", "DE-BY"), ("vivimos en Badalona", "ES-CT"), ("siamo a Bergamo", "IT-lombardia"), ("on vit à Liège", "BE-fwb"), ("we wonen in Utrecht", "NL-midden")],
+)
+def test_regions_whose_calendars_differ(text, region):
+    assert default_gazetteer().first_value(text, "region") == region
