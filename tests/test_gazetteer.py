@@ -65,3 +65,7 @@ def test_language_names(text, language):
 )
 def test_regions_whose_calendars_differ(text, region):
     assert default_gazetteer().first_value(text, "region") == region
+
+
+def test_morocco_is_the_origin_not_the_host_country():
+    assert default_gazetteer().first_value("mi hijo ha llegado de marruecos en marzo", "country") is None
