@@ -963,7 +963,8 @@ def render(
     used = campaign.message_language(language)
     text = campaign.messages[used]
     pieces = list(string.Formatter().parse(text))
-    values = _values(campaign, {n for _, n, _, _ in pieces if n}, used, event, country, region)
+    # In reading order (not a set): an error always names the first missing value.
+    values = _values(campaign, list(dict.fromkeys(n for _, n, _, _ in pieces if n)), used, event, country, region)
     mark_at = None
     if event is not None and not event.confirmed:
         dated = [i for i, (_, name, _, _) in enumerate(pieces) if name in DATE_PLACEHOLDERS]
