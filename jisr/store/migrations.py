@@ -24,9 +24,58 @@ def _v1_initial(conn: Connection) -> None:
     sa.Index("ix_messages_contact_created", schema.messages.c.contact_id, schema.messages.c.created_at).create(conn)
 
 
+# Step 2's tables as they were when it was written. Step 1 creates its tables from the live
+# schema module, so a later change there silently changes what step 1 builds; a frozen copy
+# keeps this step's result the same whenever it runs. The one-column "contacts" is only
+# there so the foreign key can be resolved.
+_v2_metadata = sa.MetaData()
+sa.Table("contacts", _v2_metadata, sa.Column("id", sa.Integer, primary_key=True))
+_v2_consent_events = sa.Table(
+    "consent_events",
+    _v2_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("consent", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("basis", sa.Text),
+    sa.Column("channel", sa.String(16)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_consent_events_contact_at", "contact_id", "at"),
+)
+
+
+def _v2_timezone_and_consent_events(conn: Connection) -> None:
+    # A database created after the timezone column entered schema.py got it from step 1
+    # already (see above): add the column only where it is missing.
+    existing = {column["name"] for column in sa.inspect(conn).get_columns("contacts")}
+    if "timezone" not in existing:
+        quote = conn.dialect.identifier_preparer.quote
+        column_type = sa.String(64).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {quote('contacts')} ADD COLUMN {quote('timezone')} {column_type}"))
+    _v2_consent_events.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
+    (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
 ]
+
+
+def _run_step(step: Callable[[Connection], None], conn: Connection) -> None:
+    """Run a step, then put the shared schema tables back as they were before it.
+
+    Step 1 builds its index with ``sa.Index(name, schema.messages.c...)``, which SQLAlchemy
+    attaches to the shared ``schema.messages`` Table: the next database created in the same
+    process (tests, a CLI next to a gateway) would get the index from ``messages.create()``
+    and then again from step 1, and fail with "index already exists". Applied steps are never
+    edited, so the leak is undone here instead.
+    """
+    before = {table: set(table.indexes) for table in schema.metadata.tables.values()}
+    try:
+        step(conn)
+    finally:
+        for table, indexes in before.items():
+            table.indexes.intersection_update(indexes)
 
 
 def current_version(engine: Engine) -> int:
@@ -46,7 +95,7 @@ def migrate(engine: Engine) -> int:
         if number <= version:
             continue
         with engine.begin() as conn:
-            step(conn)
+            _run_step(step, conn)
             conn.execute(schema.schema_version.insert().values(version=number, applied_at=dt.datetime.now(dt.timezone.utc)))
         logger.info("database migrated to version %d (%s)", number, description)
         version = number

@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any, Optional
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+class UtcDateTime(sa.types.TypeDecorator):
+    """A point in time: stored as UTC, always read back as an aware datetime in UTC.
+
+    The two backends differ: SQLite has no time zones (SQLAlchemy writes the wall time and
+    drops the offset, and reads naive datetimes back), while PostgreSQL's TIMESTAMP WITH TIME
+    ZONE keeps the instant but reads it back in the session's time zone, and reads a naive
+    value in that zone. Converting to UTC on the way in (a naive value is taken as UTC, as
+    Jisr always wrote them) and on the way out makes both agree. The DDL is the impl's.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    @staticmethod
+    def _utc(value: Optional[dt.datetime]) -> Optional[dt.datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+    def process_bind_param(self, value: Optional[dt.datetime], dialect: Any) -> Optional[dt.datetime]:
+        return self._utc(value)
+
+    def process_result_value(self, value: Optional[dt.datetime], dialect: Any) -> Optional[dt.datetime]:
+        return self._utc(value)
+
 
 contacts = sa.Table(
     "contacts",
@@ -19,9 +51,10 @@ contacts = sa.Table(
     sa.Column("role", sa.String(16)),
     sa.Column("school_level", sa.String(24)),
     sa.Column("consent", sa.String(16), nullable=False, server_default="unknown"),  # unknown | opted_in | opted_out
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_inbound_at", sa.DateTime(timezone=True)),             # the 24-hour windows start here
-    sa.Column("last_outbound_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_inbound_at", UtcDateTime()),                          # the 24-hour windows start here
+    sa.Column("last_outbound_at", UtcDateTime()),
+    sa.Column("timezone", sa.String(64)),                                 # IANA name ("Europe/Paris"), added in step 2
 )
 
 messages = sa.Table(
@@ -40,13 +73,28 @@ messages = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),                   # received | queued | sent | delivered | read | failed
     sa.Column("error_code", sa.String(32)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# Every consent change, kept forever beside contacts.consent (which holds only the latest):
+# campaigns may reach a contact only if its opt-in can be traced to a source and a basis.
+consent_events = sa.Table(
+    "consent_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("consent", sa.String(16), nullable=False),                  # opted_in | opted_out
+    sa.Column("source", sa.String(16), nullable=False),                   # conversation | web_form | import | platform | operator
+    sa.Column("basis", sa.Text),                                          # how the person agreed, in the operator's words
+    sa.Column("channel", sa.String(16)),                                  # whatsapp | telegram | messenger | webchat
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Index("ix_consent_events_contact_at", "contact_id", "at"),
 )
 
 schema_version = sa.Table(
     "schema_version",
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_at", UtcDateTime(), nullable=False),
 )
