@@ -11,11 +11,12 @@ first, so a campaign can never hold up the answer to a family.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -124,6 +125,8 @@ class Outbox:
 
     def __init__(self, pool: ArqRedis) -> None:
         self.pool = pool
+        # Called with the queue's name after each enqueue: wakes a worker in this process at once.
+        self.on_enqueue: Optional[Callable[[str], None]] = None
 
     @classmethod
     async def connect(cls, host: str, port: int, database: int = 0, password: Optional[str] = None) -> "Outbox":
@@ -139,6 +142,8 @@ class Outbox:
             _queue_name=queue,
             _defer_by=defer_seconds or None,
         )
+        if enqueued is not None and self.on_enqueue is not None:
+            self.on_enqueue(queue)
         return enqueued is not None
 
     async def close(self) -> None:
@@ -191,7 +196,7 @@ async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
         except ContactStopped as error:
             await _fail_rest(store, job, error.code or "contact_stopped", tries)
             if job.contact_id:
-                await asyncio.to_thread(store.set_consent, job.contact_id, "opted_out")
+                await asyncio.to_thread(store.record_consent, job.contact_id, "opted_out", "platform", f"provider refusal {error.code or ''}".strip(), job.channel)
             logger.info("contact stopped the bot on %s: opted out", job.channel)
             return "contact stopped"
         except SendError as error:
@@ -222,6 +227,34 @@ async def _fail_rest(store: ContactStore, job: SendJob, code: str, tries: int) -
             await asyncio.to_thread(store.mark_failed, key, code, tries)
 
 
+class WakeableWorker(Worker):
+    """An arq worker that can be woken: a job enqueued in this process starts at once.
+
+    arq polls its queue every ``poll_delay``; a reply enqueued just after a poll waited for
+    the next one. Here each poll ends by waiting for a wake-up *or* ``poll_delay``, whichever
+    comes first, so jobs from other processes and deferred retries are found as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_poll_s = self.poll_delay_s
+        if not self.burst:
+            self.poll_delay_s = 0.0  # arq's own sleep between polls: the wait below replaces it
+        self._wake = asyncio.Event()
+
+    def wake(self, queue: Optional[str] = None) -> None:
+        if queue is None or queue == self.queue_name:
+            self._wake.set()
+
+    async def _poll_iteration(self) -> None:
+        self._wake.clear()  # before reading the queue: a job enqueued after the read wakes the wait
+        await super()._poll_iteration()
+        if self.burst:
+            return  # a burst run keeps arq's own pacing
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
+
+
 def build_worker(
     send_context: SendContext,
     host: str,
@@ -231,13 +264,13 @@ def build_worker(
     queue: str = REPLIES_QUEUE,
     burst: bool = False,
     max_jobs: int = 50,
-) -> Worker:
+) -> WakeableWorker:
     """An arq worker for one queue (replies or bulk) that sends with ``send_context``."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["send_context"] = send_context
 
-    return Worker(
+    return WakeableWorker(
         functions=[send_message],
         redis_settings=RedisSettings(host=host, port=port, database=database, password=password),
         queue_name=queue,

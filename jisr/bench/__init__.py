@@ -1,0 +1,1 @@
+"""Benchmarks run on this machine (`jisr bench …`)."""
