@@ -365,9 +365,12 @@ def _timestamp(value: Any) -> dt.datetime:
     """Meta's epoch milliseconds as an aware UTC datetime (now when absent)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return dt.datetime.now(dt.timezone.utc)
-    millis = int(value)
-    # Integer arithmetic: a float division would round some milliseconds.
-    return dt.datetime.fromtimestamp(millis // 1000, dt.timezone.utc) + dt.timedelta(milliseconds=millis % 1000)
+    try:
+        millis = int(value)
+        # Integer arithmetic: a float division would round some milliseconds.
+        return dt.datetime.fromtimestamp(millis // 1000, dt.timezone.utc) + dt.timedelta(milliseconds=millis % 1000)
+    except (ValueError, OverflowError, OSError) as exc:  # NaN, infinity, or a date no calendar holds
+        raise MalformedPayload("messenger: timestamp out of range") from exc
 
 
 def _optional_str(value: Any) -> Optional[str]:

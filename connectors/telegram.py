@@ -342,7 +342,8 @@ class TelegramConnector(Connector):
                 return self._from_chat_member(update_id, _section(data, "my_chat_member"))
         except MalformedPayload:
             raise
-        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        except (TypeError, KeyError, ValueError, AttributeError, OverflowError, OSError) as exc:
+            # OverflowError, OSError: a date or duration out of range (datetime.fromtimestamp, timedelta).
             # No payload content in the reason: it would carry chat ids and texts.
             raise MalformedPayload(f"not a Telegram Update: {type(exc).__name__} in update {update_id}") from None
         # edited_message (Jisr answers the first version only), channel_post,
@@ -353,7 +354,7 @@ class TelegramConnector(Connector):
         message = Message.de_json(raw, None)
         if message.chat is None or not isinstance(message.chat.id, int):
             raise MalformedPayload("not a Telegram Update: message without chat")
-        text = message.text or message.caption or ""
+        text = _string(message.text, "text") or _string(message.caption, "caption") or ""
         media: tuple[Media, ...] = ()
         location: Optional[Location] = None
         if message.voice:
@@ -393,7 +394,7 @@ class TelegramConnector(Connector):
                 media=media,
                 location=location,
                 received_at=message.date,
-                language_hint=user.language_code if user else None,
+                language_hint=_string(user.language_code, "language_code") if user else None,
             )
         ]
 
@@ -401,12 +402,15 @@ class TelegramConnector(Connector):
         query = telegram.CallbackQuery.de_json(raw, None)
         if query.data is None:
             return []  # a game button: Jisr sends none
+        _string(query.data, "callback data")
         if query.message is not None and query.message.chat is not None:
             chat_id = query.message.chat.id
         else:
             # A button on an inline-mode message carries no message; in a private
             # chat the chat id is the user's id.
             chat_id = query.from_user.id
+        if not isinstance(chat_id, int) or isinstance(chat_id, bool):
+            raise MalformedPayload("not a Telegram Update: callback query without a chat id")
         self._remember_callback(str(update_id), query.id)
         return [
             InboundMessage(
@@ -414,7 +418,7 @@ class TelegramConnector(Connector):
                 address=_chat_address(chat_id),
                 provider_message_id=str(update_id),
                 button_payload=self._payloads.get(query.data, query.data),
-                language_hint=query.from_user.language_code,
+                language_hint=_string(query.from_user.language_code, "language_code"),
             )
         ]
 
@@ -438,7 +442,7 @@ class TelegramConnector(Connector):
                 text="",
                 button_payload=OPT_OUT_PAYLOAD,
                 received_at=member.date,
-                language_hint=member.from_user.language_code if member.from_user else None,
+                language_hint=_string(member.from_user.language_code, "language_code") if member.from_user else None,
             )
         ]
 
@@ -592,6 +596,13 @@ class TelegramConnector(Connector):
     async def close(self) -> None:
         """Close the HTTP clients (the Bot was never "initialized": that would call getMe)."""
         await asyncio.gather(self._request.shutdown(), self._updates_request.shutdown())
+
+
+def _string(value: Any, name: str) -> Optional[str]:
+    """A string field as python-telegram-bot left it (it checks no types): a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise MalformedPayload(f"not a Telegram Update: {name} is not a string")
+    return value
 
 
 def _section(data: dict[str, Any], key: str) -> dict[str, Any]:

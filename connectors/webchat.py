@@ -9,11 +9,14 @@ every other channel, and a mediator's reply (later) reaches the page the same wa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import secrets
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import redis.asyncio as aioredis
 
@@ -21,6 +24,8 @@ from connectors.base import Connector
 from connectors.errors import MalformedPayload, WebhookForbidden
 from connectors.types import Channel, InboundEvent, InboundMessage, OutboundMessage, SendResult, WebhookRequest, address_id
 from jisr import keys
+
+logger = logging.getLogger(__name__)
 
 MAX_TEXT_BYTES = 20_000
 INBOX_TTL_SECONDS = 24 * 3600
@@ -32,6 +37,10 @@ class WebChatConnector(Connector):
     def __init__(self, secret: str, redis: aioredis.Redis) -> None:
         self._secret = secret.encode()
         self.redis = redis
+        # Long polls waiting in this process, by session id; woken by one shared subscription.
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: Optional[asyncio.Task] = None
+        self._subscribed: Optional[asyncio.Event] = None
 
     # -- sessions -------------------------------------------------------------------
     def new_session(self) -> str:
@@ -45,7 +54,8 @@ class WebChatConnector(Connector):
         if not session or session.count(".") != 1:
             return False
         token, signature = session.split(".")
-        return hmac.compare_digest(signature, self._sign(token))
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a forged header may carry some (latin-1).
+        return hmac.compare_digest(signature.encode("utf-8"), self._sign(token).encode("ascii"))
 
     # -- the connector interface ----------------------------------------------------------
     def verify(self, request: WebhookRequest) -> None:
@@ -85,10 +95,79 @@ class WebChatConnector(Connector):
             "text": message.text,
             "buttons": [{"title": b.title, "payload": b.payload} for b in message.buttons],
         }
-        length = await self.redis.rpush(inbox, json.dumps(item, ensure_ascii=False))
-        await self.redis.expire(inbox, INBOX_TTL_SECONDS)
+        # One round trip: append, keep the inbox a day, and tell the waiting long polls (in any
+        # gateway process). A lost notice only delays the reply to the poll's next re-read.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(inbox, json.dumps(item, ensure_ascii=False))
+            pipe.expire(inbox, INBOX_TTL_SECONDS)
+            pipe.publish(keys.WEBCHAT_ARRIVALS, address_id(message.address))
+            length, expired, notified = await pipe.execute(raise_on_error=False)
+        for result in (length, expired):
+            if isinstance(result, Exception):
+                raise result
+        if isinstance(notified, Exception):
+            logger.warning("web chat arrival notice failed: %s", type(notified).__name__)
         return SendResult(provider_message_id=f"webchat-{length}")
 
     async def messages_after(self, session: str, after: int) -> list[dict[str, Any]]:
         inbox = keys.webchat_inbox(session.split(".")[0])
         return [json.loads(raw) for raw in await self.redis.lrange(inbox, after, -1)]
+
+    # -- waiting for replies (long polling) -----------------------------------------------
+    @contextlib.asynccontextmanager
+    async def arrivals(self, session: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever a message lands in ``session``'s inbox, while the context is open.
+
+        Clear it before reading the inbox, then wait on it: a message appended in between sets it.
+        """
+        await self._ensure_listener()
+        session_id = session.split(".")[0]
+        event = asyncio.Event()
+        self._waiters.setdefault(session_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._waiters.get(session_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[session_id]
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._subscribed = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(self._subscribed), name="webchat-arrivals")
+        if not self._subscribed.is_set():  # type: ignore[union-attr]
+            # The first poll waits (briefly) for the subscription, so no notice is missed after it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), 2.0)  # type: ignore[union-attr]
+
+    async def _listen(self, subscribed: asyncio.Event) -> None:
+        """The process's one subscription to inbox arrivals; it reconnects after an error."""
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.WEBCHAT_ARRIVALS)
+                subscribed.set()
+                async for notice in pubsub.listen():
+                    if notice.get("type") != "message":
+                        continue
+                    data = notice.get("data")
+                    session_id = data.decode() if isinstance(data, bytes) else str(data)
+                    for event in self._waiters.get(session_id, ()):
+                        event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis restarted or the connection dropped: polls re-read meanwhile
+                logger.warning("web chat arrival notices interrupted (%s); resubscribing", type(error).__name__)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.reset()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None

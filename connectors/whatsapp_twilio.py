@@ -354,7 +354,13 @@ class TwilioWhatsAppConnector(Connector):
         signature = request.header("x-twilio-signature")
         if not signature:
             raise WebhookForbidden("X-Twilio-Signature is missing")
-        query = dict(parse_qsl(urlsplit(request.url).query))
+        try:
+            # The URL's host comes from the request's Host header, which anyone can set.
+            url = urlsplit(request.url)
+            url.port  # noqa: B018 - raises ValueError for a port that is no port, as the SDK would
+        except ValueError as exc:
+            raise WebhookForbidden("the request URL cannot be verified") from exc
+        query = dict(parse_qsl(url.query))
         params: Any
         if "bodySHA256" in query:
             # JSON-bodied Twilio webhooks sign a hash of the raw body carried in the URL.

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
@@ -97,6 +98,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    """Jisr's gateway beside Rasa's own `rasa run`, same model and actions, on this machine."""
+    from jisr.bench.gateway import BenchOptions, main as bench_main
+
+    options = BenchOptions(
+        messages=args.messages,
+        rate=args.rate,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        max_seconds=args.max_seconds,
+        systems=tuple(args.systems.split(",")),
+        keep_logs=args.keep_logs,
+    )
+    return bench_main(options, as_json=args.json)
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+        return number
+
+    return parse
+
+
+def _contact_store() -> Any:
+    """The contact store on DATABASE_URL (or JISR_DATABASE_URL)."""
+    from jisr.settings import Settings
+    from jisr.store.contacts import ContactStore, create_db_engine
+
+    # Settings() rather than get_settings(): these commands touch only the database, so
+    # they must work in production without the channel secrets the gateway checks.
+    return ContactStore(create_db_engine(Settings().database_url))
+
+
+def cmd_contacts_import(args: argparse.Namespace) -> int:
+    """Exit status: 0 all rows imported, 1 some rows rejected, 2 nothing imported (file unusable)."""
+    from jisr.store.csv_io import CsvFileError, import_csv
+
+    name = str(args.file)
+    try:
+        report = import_csv(_contact_store(), args.file, args.source_basis, dry_run=args.dry_run, name=name)
+    except CsvFileError as error:
+        if args.json:
+            print(json.dumps({"file": name, "error": str(error)}, ensure_ascii=False))
+        print(f"jisr: {error}; nothing imported", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        # Rejections name the line and the column, never the address: this is safe in a terminal log.
+        for message in report.messages():
+            print(message, file=sys.stderr)
+        print(report.summary())
+    return report.exit_code
+
+
+def cmd_contacts_export(args: argparse.Namespace) -> int:
+    import os
+
+    from jisr.store.csv_io import export_csv
+
+    store = _contact_store()
+    if args.output is None:
+        export_csv(store, sys.stdout)
+        return 0
+    # The file holds phone numbers: readable by its owner only.
+    descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(descriptor, "w", encoding="utf-8", newline="") as out:
+        count = export_csv(store, out)
+    print(f"{args.output}: {count} contacts exported", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: school assistant and outreach for Moroccan families abroad.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
@@ -127,6 +203,46 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip Rasa's default pipeline (it trains for a long time)")
     evaluate.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="measure on this machine")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    gateway = bench_sub.add_parser(
+        "gateway",
+        help="Jisr's gateway (web chat API) beside Rasa's `rasa run` (REST channel), same model and actions: latency, throughput, memory",
+    )
+    gateway.add_argument("--messages", type=_positive(int), default=200, help="messages in the sequential run (default 200)")
+    gateway.add_argument("--rate", type=_positive(float), default=20.0, help="open-loop rate, messages per second (default 20)")
+    gateway.add_argument("--duration", type=_positive(float), default=20.0, help="seconds of the open- and closed-loop runs (default 20)")
+    gateway.add_argument("--concurrency", type=_positive(int), default=8, help="concurrent senders in the closed-loop run (default 8)")
+    gateway.add_argument("--max-seconds", type=_positive(float), default=1200.0, help="stop the whole run after this long (default 1200)")
+    gateway.add_argument("--systems", default="jisr,rasa", choices=["jisr,rasa", "jisr", "rasa"], metavar="{jisr,rasa|jisr|rasa}", help="which systems to run (default both)")
+    gateway.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' logs to DIR at the end")
+    gateway.add_argument("--json", action="store_true", help="machine-readable output")
+    gateway.set_defaults(func=cmd_bench_gateway)
+
+    contacts = sub.add_parser("contacts", help="import and export contact lists (CSV) on DATABASE_URL")
+    contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
+    imports = contacts_sub.add_parser(
+        "import",
+        help="import a CSV contact list: bad rows are reported and skipped",
+        description="Columns: channel, address, consent (required); language, country, region, role, child_level, timezone. "
+        "Exit status: 0 all rows imported, 1 some rows rejected, 2 nothing imported.",
+    )
+    imports.add_argument("file", type=Path, help="UTF-8 CSV file with a header line")
+    imports.add_argument(
+        "--source-basis",
+        metavar="TEXT",
+        help='how and where the people on the list agreed, e.g. "paper form signed at the consulate of Oran, 2026-10-12" '
+        "(required if a row opts in; recorded with every consent change)",
+    )
+    imports.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
+    imports.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    imports.set_defaults(func=cmd_contacts_import)
+    exports = contacts_sub.add_parser(
+        "export", help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at"
+    )
+    exports.add_argument("--output", "-o", type=Path, help="write to this file (created readable by you only) instead of stdout")
+    exports.set_defaults(func=cmd_contacts_export)
     return parser
 
 

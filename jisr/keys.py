@@ -42,3 +42,8 @@ def channel_tokens(channel: str) -> str:
 def webchat_inbox(session_id: str) -> str:
     """Replies waiting for a web chat page to fetch them."""
     return f"{PREFIX}webchat:{session_id}"
+
+
+# Pub/sub channel (not a key): the session id of every web chat inbox that just got a message,
+# so a waiting long poll answers at once instead of re-reading the inbox on a timer.
+WEBCHAT_ARRIVALS = f"{PREFIX}webchat-arrivals"

@@ -1,14 +1,27 @@
-"""Shared fixtures: the real trained model, loaded once per test session."""
+"""Shared fixtures: the real trained model, loaded once per test session, and one running
+gateway (with the provider simulators) shared by every end-to-end test file."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from jisr.content import ReplyBook, default_reply_book
+
+# The secrets of the end-to-end stack (the gateway and its simulators share them).
+STACK_SECRETS = {
+    "telegram_token": "123456:test-token",
+    "telegram_secret": "telegram-secret",
+    "messenger_app_secret": "app-secret",
+    "messenger_verify_token": "verify",
+    "twilio_auth_token": "twilio-auth-token",
+    "twilio_account_sid": "AC" + "1" * 32,
+    "webchat_secret": "webchat-test-secret",
+}
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +73,66 @@ def conversation(assistant: Any, event_loop_for_session: asyncio.AbstractEventLo
 @pytest.fixture(scope="session")
 def replies() -> ReplyBook:
     return default_reply_book()
+
+
+def _slow_start_server(app: Any, start_timeout: float = 180.0) -> Any:
+    """BackgroundServer allows 20 s to start; the gateway loads the model while starting,
+    which on a busy 2-core machine (CI) can take longer."""
+    import time
+
+    from jisr.simulators.server import BackgroundServer
+
+    class SlowStartServer(BackgroundServer):
+        def __enter__(self) -> str:
+            self.thread.start()
+            deadline = time.monotonic() + start_timeout
+            while not self.server.started:
+                if time.monotonic() > deadline or not self.thread.is_alive():
+                    self.server.should_exit = True
+                    raise RuntimeError("the gateway did not start")
+                time.sleep(0.05)
+            host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+            self.url = f"http://{host}:{port}"
+            return self.url
+
+    return SlowStartServer(app)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real gateway server (model, embedded Redis, SQLite, reply worker) wired to the three
+    provider simulators, each on its own localhost port; started once per test session.
+
+    Yields the base URLs ("gateway", "twilio", "telegram", "graph") and the secrets (STACK_SECRETS).
+    """
+    from jisr.gateway.app import create_app
+    from jisr.settings import Settings
+    from jisr.simulators import graph, telegram, twilio
+    from jisr.simulators.server import BackgroundServer
+
+    s = STACK_SECRETS
+    tmp: Path = tmp_path_factory.mktemp("gateway")
+    with BackgroundServer(twilio.create_app(auth_token=s["twilio_auth_token"], account_sid=s["twilio_account_sid"])) as twilio_url, BackgroundServer(
+        telegram.create_app(token=s["telegram_token"])
+    ) as telegram_url, BackgroundServer(
+        graph.create_app(page_token="page-token", app_secret=s["messenger_app_secret"], verify_token=s["messenger_verify_token"])
+    ) as graph_url:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp / 'jisr.db'}",
+            redis_url=None,
+            var_dir=tmp,
+            twilio_account_sid=s["twilio_account_sid"],
+            twilio_auth_token=s["twilio_auth_token"],
+            twilio_api_base=twilio_url,
+            telegram_bot_token=s["telegram_token"],
+            telegram_secret_token=s["telegram_secret"],
+            telegram_api_base=telegram_url,
+            messenger_app_secret=s["messenger_app_secret"],
+            messenger_verify_token=s["messenger_verify_token"],
+            messenger_page_token="page-token",
+            graph_api_base=graph_url,
+            webchat_secret=s["webchat_secret"],
+            sender_messages_per_minute=5,
+        )
+        with _slow_start_server(create_app(settings)) as gateway_url:
+            yield {"gateway": gateway_url, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url, "database_url": settings.database_url, **s}

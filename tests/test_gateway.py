@@ -1,55 +1,18 @@
 """End to end through the gateway: a message to each simulated channel reaches the assistant and
 the reply reaches the simulator, in the family's language; forged and malformed webhooks are refused;
-a provider retrying the same message gets one answer."""
+a provider retrying the same message gets one answer.
+
+The `stack` fixture (one gateway and the simulators, per test session) is in conftest.py."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
-import pytest
 
 from jisr.content import default_reply_book
-from jisr.settings import Settings
-from jisr.simulators.server import BackgroundServer
-
-TOKEN = "123456:test-token"
-SECRET = "telegram-secret"
-APP_SECRET = "app-secret"
-AUTH = "twilio-auth-token"
-SID = "AC" + "1" * 32
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from jisr.gateway.app import create_app
-    from jisr.simulators import graph, telegram, twilio
-
-    tmp: Path = tmp_path_factory.mktemp("gateway")
-    with BackgroundServer(twilio.create_app(auth_token=AUTH, account_sid=SID)) as twilio_url, BackgroundServer(
-        telegram.create_app(token=TOKEN)
-    ) as telegram_url, BackgroundServer(graph.create_app(page_token="page-token", app_secret=APP_SECRET, verify_token="verify")) as graph_url:
-        settings = Settings(
-            database_url=f"sqlite:///{tmp / 'jisr.db'}",
-            redis_url=None,
-            var_dir=tmp,
-            twilio_account_sid=SID,
-            twilio_auth_token=AUTH,
-            twilio_api_base=twilio_url,
-            telegram_bot_token=TOKEN,
-            telegram_secret_token=SECRET,
-            telegram_api_base=telegram_url,
-            messenger_app_secret=APP_SECRET,
-            messenger_verify_token="verify",
-            messenger_page_token="page-token",
-            graph_api_base=graph_url,
-            sender_messages_per_minute=5,
-        )
-        with BackgroundServer(create_app(settings)) as gateway_url:
-            yield {"gateway": gateway_url, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url}
 
 
 def _recorded(sim_url: str) -> list[dict[str, Any]]:
@@ -84,7 +47,7 @@ def test_whatsapp_message_gets_a_reply_in_spanish(stack):
 def test_telegram_message_in_darija_gets_an_arabic_reply(stack):
     httpx.post(
         f"{stack['telegram']}/_sim/inbound",
-        json={"webhook_url": f"{stack['gateway']}/webhooks/telegram", "secret_token": SECRET, "chat_id": 777001, "text": "salam 3afak bghit n3ref imta lbac f fransa"},
+        json={"webhook_url": f"{stack['gateway']}/webhooks/telegram", "secret_token": stack["telegram_secret"], "chat_id": 777001, "text": "salam 3afak bghit n3ref imta lbac f fransa"},
         timeout=30,
     )
     found = _wait_for(stack["telegram"], lambda r: "777001" in _text_of(r))

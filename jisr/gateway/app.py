@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Optional
 
@@ -20,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 
 from connectors.base import Connector
 from connectors.errors import MalformedPayload, WebhookForbidden
-from connectors.types import Channel, WebhookRequest
+from connectors.types import Channel, InboundEvent, WebhookRequest
 from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
 from jisr.gateway.service import Gateway
@@ -32,7 +33,11 @@ from jisr.store.contacts import ContactStore, create_db_engine
 
 logger = logging.getLogger(__name__)
 
+MAX_WEBCHAT_INDEX = 2**63 - 1
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+# A waiting web chat long poll is woken by the reply's arrival notice; it re-reads the inbox
+# this often anyway (and notices a client that went away).
+LONG_POLL_RECHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -59,6 +64,24 @@ def build_connectors(settings: Settings, redis_client: Any) -> dict[str, Connect
     }
 
 
+def _load_content() -> None:
+    """Read what the actions answer from (knowledge, calendars, programmes) at start-up, in a thread.
+
+    Loaded lazily, the first question after start-up parsed a second or more of YAML on the
+    event loop, holding up every other request meanwhile. A failure here is only logged: the
+    first answer that needs the content tries again, as before.
+    """
+    from jisr.calendars import default_calendars
+    from jisr.knowledge import default_knowledge
+    from jisr.programmes import default_programmes
+
+    for load in (default_knowledge, default_calendars, default_programmes):
+        try:
+            load()
+        except Exception:
+            logger.exception("loading content at start-up failed (%s)", load.__name__)
+
+
 async def start_services(settings: Settings, assistant_factory: Callable[..., Assistant], run_worker: bool = True) -> Services:
     settings.check_secrets()
     from rasa.core.lock_store import RedisLockStore
@@ -70,6 +93,7 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
     tracker_store = RedisTrackerStore(domain=None, host=handle.host, port=handle.port, db=1, password=handle.password, key_prefix="jisr")
     lock_store = RedisLockStore(host=handle.host, port=handle.port, db=2, password=handle.password, key_prefix="jisr")
     assistant = await asyncio.to_thread(assistant_factory, tracker_store=tracker_store, lock_store=lock_store)
+    await asyncio.to_thread(_load_content)
     redis_client = handle.client()
     connectors = build_connectors(settings, redis_client)
     outbox = await Outbox.connect(handle.host, handle.port, handle.db, handle.password)
@@ -77,6 +101,7 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
     services = Services(settings, handle, store, outbox, gateway, connectors)
     if run_worker:
         worker = build_worker(SendContext(connectors, store), handle.host, handle.port, handle.db, handle.password, queue=REPLIES_QUEUE)
+        outbox.on_enqueue = worker.wake  # a reply queued here is sent at once, not at the next poll
         services.worker_task = asyncio.create_task(worker.async_run())
     return services
 
@@ -102,6 +127,24 @@ def _webhook_request(request: Request, body: bytes) -> WebhookRequest:
         body=body,
         query=dict(request.query_params),
     )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _well_formed(event: InboundEvent) -> InboundEvent:
+    """The event with each lone UTF-16 surrogate in its text fields replaced by U+FFFD.
+
+    JSON can carry one ("\\ud800": half an emoji, a text cut short) and Python decodes it,
+    but no database, Redis key or log line can encode it: the message would fail to be
+    stored at every retry of the provider.
+    """
+    changes = {
+        field.name: _LONE_SURROGATE.sub("\ufffd", value)
+        for field in dataclasses.fields(event)
+        if isinstance(value := getattr(event, field.name), str) and _LONE_SURROGATE.search(value)
+    }
+    return dataclasses.replace(event, **changes) if changes else event
 
 
 def _verify(connector: Connector, webhook: WebhookRequest, public_url: str) -> None:
@@ -160,7 +203,7 @@ def create_app(
             logger.warning("forged or unsigned %s webhook refused", channel)
             return JSONResponse({"detail": "invalid or missing signature"}, status_code=403)
         try:
-            events = connector.parse(webhook)
+            events = [_well_formed(event) for event in connector.parse(webhook)]
         except MalformedPayload as error:
             return JSONResponse({"detail": f"malformed {channel} payload: {error}"}, status_code=400)
         acknowledge = getattr(connector, "acknowledge", None)
@@ -222,14 +265,20 @@ def create_app(
         session = request.headers.get("x-jisr-session")
         if not connector.session_valid(session):
             return JSONResponse({"detail": "missing or invalid web chat session"}, status_code=403)
-        if after < 0:
-            return JSONResponse({"detail": "'after' must be 0 or more"}, status_code=400)
-        deadline = asyncio.get_running_loop().time() + max(0.0, min(wait, 25.0))
-        while True:
-            messages = await connector.messages_after(session or "", after)
-            if messages or asyncio.get_running_loop().time() >= deadline or await request.is_disconnected():
-                return JSONResponse({"messages": messages, "next": after + len(messages)})
-            await asyncio.sleep(0.1)
+        if not 0 <= after <= MAX_WEBCHAT_INDEX:  # Redis list indexes are signed 64-bit integers
+            return JSONResponse({"detail": f"'after' must be between 0 and {MAX_WEBCHAT_INDEX}"}, status_code=400)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(wait, 25.0))
+        async with connector.arrivals(session or "") as arrived:
+            while True:
+                arrived.clear()  # before reading: a reply appended after the read wakes the wait below
+                messages = await connector.messages_after(session or "", after)
+                if messages or loop.time() >= deadline or await request.is_disconnected():
+                    return JSONResponse({"messages": messages, "next": after + len(messages)})
+                # Woken by the reply's arrival notice; re-read anyway now and then (a lost notice, a
+                # client gone away).
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), min(LONG_POLL_RECHECK_SECONDS, max(0.0, deadline - loop.time())))
 
     # -- health ---------------------------------------------------------------------------
     @app.get("/health", tags=["operations"], summary="Liveness: the process answers")

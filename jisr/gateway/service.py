@@ -97,7 +97,7 @@ class Gateway:
 
         if message.button_payload == PLATFORM_OPT_OUT and not message.text:
             # The platform says the person blocked the bot: record it, and send nothing (it would be refused).
-            await asyncio.to_thread(self.store.set_consent, contact.id, "opted_out")
+            await asyncio.to_thread(self.store.record_consent, contact.id, "opted_out", "platform", "blocked the bot", message.channel.value)
             logger.info("platform opt-out on %s for %s", message.channel.value, address_hash(contact.address))
             return InboundOutcome("opted_out")
 

@@ -55,11 +55,16 @@ WEBCHAT_HTML = """<!doctype html>
       btn.onclick = () => send(b.title, b.payload); row.appendChild(btn); });
     log.appendChild(row); log.scrollTop = log.scrollHeight;
   }
-  async function ensureSession() {
-    if (session) return session;
-    const r = await fetch('/api/webchat/session', {method: 'POST'});
-    session = (await r.json()).session; localStorage.setItem('jisr-session', session); next = 0; localStorage.setItem('jisr-next', '0');
-    return session;
+  let pending = null;  // the session being created: the first poll and a first message share it
+  function ensureSession() {
+    if (session) return Promise.resolve(session);
+    if (!pending) {
+      pending = fetch('/api/webchat/session', {method: 'POST'}).then(r => r.json()).then(data => {
+        session = data.session; localStorage.setItem('jisr-session', session); next = 0; localStorage.setItem('jisr-next', '0');
+        return session;
+      }).finally(() => { pending = null; });
+    }
+    return pending;
   }
   async function send(text, payload) {
     if (!text.trim() && !payload) return;
