@@ -173,6 +173,58 @@ def cmd_contacts_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contacts_link(args: argparse.Namespace) -> int:
+    """Link a family's addresses on several channels into one profile."""
+    store = _contact_store()
+    ids = store.ids_for_addresses(args.addresses)
+    unknown = [position + 1 for position, address in enumerate(args.addresses) if ids[address] is None]
+    if unknown:
+        # Say which argument, not the address itself: terminal logs must not hold phone numbers.
+        print(f"jisr: no contact for address number {', '.join(map(str, unknown))}; nothing linked", file=sys.stderr)
+        return 2
+    profile = store.link([i for i in ids.values() if i is not None])
+    print(f"{len(ids)} addresses linked into profile {profile}")
+    return 0
+
+
+def cmd_telegram(args: argparse.Namespace) -> int:
+    """Register the webhook with Telegram, or run in long-polling mode for development."""
+    from jisr.settings import get_settings
+
+    settings = get_settings()
+
+    async def register() -> int:
+        from connectors.telegram import TelegramConnector
+
+        connector = TelegramConnector.from_settings(settings)
+        url = args.url or f"{settings.public_url.rstrip('/')}/webhooks/telegram"
+        try:
+            await connector.set_webhook(url)
+        finally:
+            await connector.close()
+        print(f"Telegram will call {url} (with the secret token)")
+        return 0
+
+    async def poll() -> int:
+        from jisr.assistant.model import ensure_model
+        from jisr.assistant.runtime import Assistant
+        from jisr.gateway.app import start_services, stop_services
+
+        ensure_model()
+        services = await start_services(settings, Assistant.load)
+        print("Polling Telegram for updates (Ctrl-C to stop)…", file=sys.stderr)
+        try:
+            await services.connectors["telegram"].poll(services.gateway.handle)  # type: ignore[attr-defined]
+        finally:
+            await stop_services(services)
+        return 0
+
+    try:
+        return asyncio.run(register() if args.action == "webhook" else poll())
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: school assistant and outreach for Moroccan families abroad.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
@@ -238,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     imports.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     imports.set_defaults(func=cmd_contacts_import)
+    link = contacts_sub.add_parser("link", help="link a family's addresses on several channels into one profile")
+    link.add_argument("addresses", nargs="+", help="addresses such as whatsapp:+33612345678 telegram:123456789")
+    link.set_defaults(func=cmd_contacts_link)
+
+    telegram = sub.add_parser("telegram", help="Telegram: register the webhook, or poll for development")
+    telegram.add_argument("action", choices=["webhook", "poll"])
+    telegram.add_argument("--url", help="webhook URL (default: JISR_PUBLIC_URL/webhooks/telegram)")
+    telegram.set_defaults(func=cmd_telegram)
+
     exports = contacts_sub.add_parser(
         "export", help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at"
     )

@@ -118,7 +118,7 @@ class Gateway:
             await self._queue(contact, message, replies)
             return InboundOutcome("processed", replies=tuple(replies))
 
-        hints: dict[str, Any] = contact.profile()
+        hints: dict[str, Any] = await asyncio.to_thread(self.store.shared_profile, contact)
         if not contact.language and message.language_hint:
             hints.setdefault("language", message.language_hint.split("-")[0])
         turn = await self.assistant.handle(contact.address, text, hints)

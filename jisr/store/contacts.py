@@ -414,6 +414,33 @@ class ContactStore:
             conn.execute(contacts.update().where(contacts.c.id.in_(contact_ids)).values(profile_id=profile))
         return profile
 
+    def shared_profile(self, contact: Contact) -> dict[str, str]:
+        """The profile the assistant uses: the contact's own fields, completed by the family's other channels.
+
+        When a family writes from WhatsApp and Telegram and the two addresses
+        are linked, what one channel learned (country, level…) serves the other;
+        the most recently active address wins where they disagree.
+        """
+        profile = contact.profile()
+        if contact.profile_id is None:
+            return profile
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(contacts)
+                .where(contacts.c.profile_id == contact.profile_id, contacts.c.id != contact.id)
+                .order_by(contacts.c.last_inbound_at.desc())
+            ).all()
+        for row in rows:
+            for name, value in Contact.from_row(row).profile().items():
+                profile.setdefault(name, value)
+        return profile
+
+    def ids_for_addresses(self, addresses: list[str]) -> dict[str, Optional[int]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(contacts.c.address, contacts.c.id).where(contacts.c.address.in_(addresses))).all()
+        found = {r.address: r.id for r in rows}
+        return {a: found.get(a) for a in addresses}
+
     # -- the message log ---------------------------------------------------------------
 
     def log_inbound(
