@@ -127,3 +127,26 @@ def test_delivery_receipts_update_the_log(stack):
             timeout=30,
         )
     assert _wait(lambda: [m for m in _log(stack, address) if m["provider_message_id"] == sid and m["status"] == "read"])
+
+
+@pytest.mark.parametrize(
+    "stop, start",
+    [("STOP", "je veux recevoir les rappels"), ("safi baraka mn les messages", "bghit nwsalni les rappels"), ("توقفوا عن ارسال الرسائل", "أريد أن أتلقى التذكيرات"), ("bitte keine nachrichten mehr", "ich möchte die erinnerungen bekommen")],
+)
+def test_opt_out_and_back_in_are_recorded_with_their_history(stack, stop, start):
+    address = _new_number()
+    _whatsapp(stack, address, stop)
+    engine = create_db_engine(stack["database_url"])
+
+    def consent() -> str:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(contacts.c.consent).where(contacts.c.address == address)).scalar()
+
+    assert _wait(lambda: consent() == "opted_out")
+    _whatsapp(stack, address, start)
+    assert _wait(lambda: consent() == "opted_in")
+    from jisr.store.contacts import ContactStore
+
+    history = ContactStore(engine).consent_history(ContactStore(engine).by_address(address).id)
+    assert [(h["consent"] if isinstance(h, dict) else h.consent) for h in history] == ["opted_out", "opted_in"]
+    engine.dispose()

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # What a connector reports when the platform itself says the person blocked the bot (Telegram "kicked").
 PLATFORM_OPT_OUT = "/opt_out"
+CONSENT_OF_INTENT = {"opt_out": "opted_out", "opt_in": "opted_in"}
 DEDUPE_PROCESSING_SECONDS = 120       # a crashed worker's claim expires; the provider's retry is then processed
 DEDUPE_DONE_SECONDS = 7 * 24 * 3600   # providers retry for hours at most
 
@@ -127,6 +128,11 @@ class Gateway:
         learned["language"] = turn.slots.get("language")
         if any(learned.values()):
             await asyncio.to_thread(self.store.update_profile, contact.id, **learned)
+        if turn.intent in CONSENT_OF_INTENT and not turn.fell_back:
+            # Consent lives in Jisr's own store, whatever the channel offers: a STOP here stops campaigns at once.
+            await asyncio.to_thread(
+                self.store.record_consent, contact.id, CONSENT_OF_INTENT[turn.intent], "conversation", None, message.channel.value
+            )
         await self._queue(contact, message, turn.replies)
         logger.info("answered %s on %s (intent %s)", address_hash(contact.address), message.channel.value, turn.intent)
         return InboundOutcome("processed", turn=turn, replies=tuple(turn.replies))
