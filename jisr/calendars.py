@@ -83,13 +83,18 @@ class SchoolCalendar:
         return any(e.regions for e in self.events)
 
 
-def _date(value: Any, path: Path, where: str) -> dt.date:
+def parse_iso_date(value: Any, where: str, error: type[ValueError] = ValueError) -> dt.date:
+    """A YAML date (already a date, or "YYYY-MM-DD"), or ``error`` naming ``where``; shared by the content loaders."""
     if isinstance(value, dt.date):
         return value
     try:
         return dt.date.fromisoformat(str(value))
-    except ValueError as error:
-        raise CalendarError(f"{path}: {where}: not a date (YYYY-MM-DD): {value!r}") from error
+    except ValueError as cause:
+        raise error(f"{where}: not a date (YYYY-MM-DD): {value!r}") from cause
+
+
+def _date(value: Any, path: Path, where: str) -> dt.date:
+    return parse_iso_date(value, f"{path}: {where}", CalendarError)
 
 
 def load_calendar(path: Path) -> SchoolCalendar:

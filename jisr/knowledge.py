@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 import yaml
 from babel.dates import format_date, format_interval
 
-from jisr.calendars import CalendarEvent, SchoolCalendar
+from jisr.calendars import CalendarEvent, SchoolCalendar, parse_iso_date
 from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
 
 KNOWLEDGE_DIR = CONTENT_DIR / "knowledge"
@@ -64,15 +64,6 @@ class Entry:
         return self.answers.get(language)
 
 
-def _parse_date(value: Any, where: str) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError as error:
-        raise KnowledgeError(f"{where}: 'reviewed' must be a date (YYYY-MM-DD), not {value!r}") from error
-
-
 def load_country(path: Path) -> dict[str, Entry]:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     country = str(data.get("country", "")).upper()
@@ -90,7 +81,7 @@ def load_country(path: Path) -> dict[str, Entry]:
             country=country,
             topic=topic,
             source=str(raw["source"]),
-            reviewed=_parse_date(raw["reviewed"], where),
+            reviewed=parse_iso_date(raw["reviewed"], f"{where}.reviewed", KnowledgeError),
             regional=bool(raw.get("regional", False)),
             offer_mediator=bool(raw.get("offer_mediator", False)),
             answers={str(k): str(v).strip() for k, v in raw["answers"].items()},
