@@ -187,6 +187,103 @@ def cmd_contacts_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns_validate(args: argparse.Namespace) -> int:
+    """Each file OK, or its `file:line: field: reason`; exit 1 if any file is refused."""
+    from campaigns.definitions import CampaignError, load_campaign
+
+    invalid = 0
+    for path in args.files:
+        try:
+            load_campaign(path)
+        except CampaignError as error:
+            invalid += 1
+            print(error)
+        else:
+            print(f"{path}: OK")
+    return 1 if invalid else 0
+
+
+def _parse_now(value: Optional[str]) -> Any:
+    """--now: an ISO date-time; without an offset it is taken as UTC."""
+    import datetime as dt
+
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc)
+    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _load_for_planning(args: argparse.Namespace) -> Any:
+    """(campaign, store, now), or an exit status after printing why not."""
+    from campaigns.definitions import CampaignError, load_campaign
+
+    try:
+        now = _parse_now(args.now)
+    except ValueError:
+        print(f"jisr: --now takes an ISO date-time such as 2026-08-20T10:00+02:00, not {args.now!r}", file=sys.stderr)
+        return 2
+    try:
+        campaign = load_campaign(args.file)
+    except CampaignError as error:
+        print(error, file=sys.stderr)
+        return 1
+    from jisr.store.campaigns import CampaignStore
+
+    return campaign, CampaignStore(_contact_store().engine), now
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    print(f"campaign {data['campaign']}: {data['planned']} sends planned over {len(data['occurrences'])} occurrences")
+    for name in ("by_country", "by_language", "by_channel", "by_form", "excluded"):
+        if data[name]:
+            print(f"  {name.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in data[name].items()))
+    if data["past"]:
+        print(f"  already past: {data['past']}")
+    if data["first_send"]:
+        print(f"  first send {data['first_send']}, last send {data['last_send']}")
+    print(f"  estimated sending time: {data['estimated_seconds']:.0f} s at the outbox's default rates")
+
+
+def cmd_campaigns_preview(args: argparse.Namespace) -> int:
+    from campaigns.planner import preview
+
+    loaded = _load_for_planning(args)
+    if isinstance(loaded, int):
+        return loaded
+    result = preview(*loaded)
+    data = result.as_dict()
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    _print_summary(data)
+    for language, text in data["messages"].items():
+        print(f"\n--- {language} ---\n{text}")
+    print(f"\n(previewed in {result.seconds:.2f} s; nothing written)")
+    return 0
+
+
+def cmd_campaigns_plan(args: argparse.Namespace) -> int:
+    from campaigns.planner import plan
+
+    loaded = _load_for_planning(args)
+    if isinstance(loaded, int):
+        return loaded
+    campaign = loaded[0]
+    if not campaign.enabled:
+        print(f"jisr: campaign {campaign.id} is disabled (enabled: false); nothing planned", file=sys.stderr)
+        return 1
+    result = plan(*loaded)
+    data = result.as_dict()
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    for occurrence, run_id in data["runs"].items():
+        print(f"run {run_id}: {occurrence}")
+    _print_summary(data)
+    print(f"  rows written: {data['inserted']}, already planned before: {data['existing']}")
+    return 0
+
+
 def cmd_telegram(args: argparse.Namespace) -> int:
     """Register the webhook with Telegram, or run in long-polling mode for development."""
     from jisr.settings import get_settings
@@ -293,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     link = contacts_sub.add_parser("link", help="link a family's addresses on several channels into one profile")
     link.add_argument("addresses", nargs="+", help="addresses such as whatsapp:+33612345678 telegram:123456789")
     link.set_defaults(func=cmd_contacts_link)
+
+    campaigns = sub.add_parser("campaigns", help="check campaign files, preview and plan their sends (sending is not done here)")
+    campaigns_sub = campaigns.add_subparsers(dest="campaigns_command", required=True)
+    validate = campaigns_sub.add_parser("validate", help="check campaign files: each OK or file:line: field: reason (exit 1 if any is refused)")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(func=cmd_campaigns_validate)
+    for name, func, text in (
+        ("preview", cmd_campaigns_preview, "what planning would write, without writing: counts, exclusions, messages, duration"),
+        ("plan", cmd_campaigns_plan, "write the campaign's runs and planned sends on DATABASE_URL (idempotent)"),
+    ):
+        command = campaigns_sub.add_parser(name, help=text)
+        command.add_argument("file", type=Path, metavar="FILE")
+        command.add_argument("--now", metavar="ISO", help="plan as if it were this moment (default: now; no offset means UTC)")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        command.set_defaults(func=func)
 
     telegram = sub.add_parser("telegram", help="Telegram: register the webhook, or poll for development")
     telegram.add_argument("action", choices=["webhook", "poll"])

@@ -35,11 +35,12 @@ telegram,123456789,ary,,ES-CT,student,lower_secondary,europe/madrid,non
 messenger,2345678901234567,de,DE,DE-BY,parent,,,opted_in
 whatsapp,whatsapp:+4915112345678,,,,,,,no
 """
-TABLES = {"schema_version", "contacts", "messages", "consent_events"}
+TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends"}
 INDEXES = {
     "contacts": {"ix_contacts_profile_id"},
     "messages": {"ix_messages_contact_id", "ix_messages_provider_message_id", "ix_messages_contact_created"},
     "consent_events": {"ix_consent_events_contact_at"},
+    "campaign_sends": {"ix_campaign_sends_run_status", "ix_campaign_sends_contact_scheduled"},
 }
 
 

@@ -55,9 +55,50 @@ def _v2_timezone_and_consent_events(conn: Connection) -> None:
     _v2_consent_events.create(conn)
 
 
+# Step 3's tables, frozen for the same reason as step 2's (schema.py holds the live copy).
+_v3_metadata = sa.MetaData()
+sa.Table("contacts", _v3_metadata, sa.Column("id", sa.Integer, primary_key=True))
+_v3_campaign_runs = sa.Table(
+    "campaign_runs",
+    _v3_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("campaign_id", sa.String(64), nullable=False),
+    sa.Column("occurrence", sa.String(160), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="planned"),
+    sa.Column("source_hash", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("campaign_id", "occurrence", name="uq_campaign_runs_occurrence"),
+)
+_v3_campaign_sends = sa.Table(
+    "campaign_sends",
+    _v3_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("campaign_runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("idempotency_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("language", sa.String(8)),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("form", sa.String(40)),
+    sa.Column("scheduled_at", sa.DateTime(timezone=True)),
+    sa.Column("local_time", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_campaign_sends_run_status", "run_id", "status"),
+    sa.Index("ix_campaign_sends_contact_scheduled", "contact_id", "scheduled_at"),
+)
+
+
+def _v3_campaign_runs_and_sends(conn: Connection) -> None:
+    _v3_campaign_runs.create(conn)
+    _v3_campaign_sends.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
+    (3, "campaign runs and their planned sends", _v3_campaign_runs_and_sends),
 ]
 
 

@@ -98,3 +98,40 @@ schema_version = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("applied_at", UtcDateTime(), nullable=False),
 )
+
+# One run per campaign and occurrence ("exam:bac@DZ@2026-27", or the `at` date): planning the
+# same campaign again finds the run instead of making a second one.
+campaign_runs = sa.Table(
+    "campaign_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("campaign_id", sa.String(64), nullable=False),
+    sa.Column("occurrence", sa.String(160), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="planned"),  # planned | running | paused | cancelled | done
+    sa.Column("source_hash", sa.String(64)),                              # sha256 of the campaign file when planned
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("campaign_id", "occurrence", name="uq_campaign_runs_occurrence"),
+)
+
+# One row per contact of a run, planned or skipped (with the reason), so "why did this family
+# not get it?" has an answer. idempotency_key = sha256(campaign id, occurrence, contact id).
+campaign_sends = sa.Table(
+    "campaign_sends",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("campaign_runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("idempotency_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("language", sa.String(8)),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("form", sa.String(40)),                                     # text | template | tag:<MESSENGER TAG>
+    sa.Column("scheduled_at", UtcDateTime()),                             # None only when no time zone is known
+    sa.Column("local_time", sa.String(64)),                               # "2026-10-25 18:00 Europe/Paris", for people
+    sa.Column("status", sa.String(16), nullable=False),                   # planned | queued | sent | delivered | read | failed | skipped
+    sa.Column("reason", sa.String(32)),                                   # why skipped: opted_out | no_consent | capped | …
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_campaign_sends_run_status", "run_id", "status"),
+    # The weekly cap counts a contact's sends around a time.
+    sa.Index("ix_campaign_sends_contact_scheduled", "contact_id", "scheduled_at"),
+)
