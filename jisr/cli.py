@@ -284,6 +284,208 @@ def cmd_campaigns_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_handle() -> Any:
+    """The shared Redis of REDIS_URL: workers and the scheduler must meet the gateway there
+    (an embedded Redis is private to the process that started it)."""
+    from jisr.redisconn import connect_redis
+    from jisr.settings import Settings
+
+    url = Settings().redis_url
+    if not url:
+        print("jisr: set REDIS_URL (or JISR_REDIS_URL): campaign jobs live in the Redis the workers share", file=sys.stderr)
+        return None
+    return connect_redis(url)
+
+
+async def _outbox(handle: Any) -> Any:
+    from jisr.outbox import Outbox
+
+    return await Outbox.connect(handle.host, handle.port, handle.db, handle.password)
+
+
+def cmd_campaigns_schedule(args: argparse.Namespace) -> int:
+    """Plan, then queue every planned send on the bulk lane at its time (idempotent)."""
+    from campaigns.sending import schedule
+
+    loaded = _load_for_planning(args)
+    if isinstance(loaded, int):
+        return loaded
+    campaign, store, now = loaded
+    if not campaign.enabled:
+        print(f"jisr: campaign {campaign.id} is disabled (enabled: false); nothing scheduled", file=sys.stderr)
+        return 1
+    handle = _redis_handle()
+    if handle is None:
+        return 2
+
+    async def run() -> Any:
+        outbox = await _outbox(handle)
+        try:
+            return await schedule(campaign, store, outbox, now)
+        finally:
+            await outbox.close()
+
+    result = asyncio.run(run())
+    data = result.as_dict()
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    for occurrence, run_id in data["runs"].items():
+        print(f"run {run_id}: {occurrence}: {data['queued_by_run'].get(run_id, 0)} sends queued")
+    _print_summary(data)
+    print(f"  jobs queued now: {data['enqueued']}, already queued: {data['already_queued']}")
+    print("  sent by `jisr worker --queue bulk` (REDIS_URL, DATABASE_URL and the channel settings)")
+    return 0
+
+
+def _campaign_store() -> Any:
+    from jisr.store.campaigns import CampaignStore
+
+    return CampaignStore(_contact_store().engine)
+
+
+def cmd_campaigns_status(args: argparse.Namespace) -> int:
+    from campaigns.sending import status
+
+    data = status(_campaign_store(), args.run)
+    if data is None:
+        print(f"jisr: no run {args.run}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    print(f"run {data['run']} ({data['campaign']} {data['occurrence']}): {data['state']}, {data['progress']:.0%} settled of {data['total']}")
+    for key, count in data["by_status_and_reason"].items():
+        print(f"  {key}: {count}")
+    return 0
+
+
+def cmd_campaigns_control(args: argparse.Namespace) -> int:
+    """pause, resume or cancel a run."""
+    from campaigns import sending
+
+    store = _campaign_store()
+    run = store.run(args.run)
+    if run is None:
+        print(f"jisr: no run {args.run}", file=sys.stderr)
+        return 2
+    action = args.campaigns_command
+    if action == "pause":
+        changed = sending.pause(store, args.run)
+    else:
+        # Resume and cancel also move the run's queued jobs forward, when Redis is configured.
+        from jisr.settings import Settings
+
+        async def run_action() -> bool:
+            outbox = None
+            if Settings().redis_url:
+                handle = _redis_handle()
+                outbox = await _outbox(handle)
+            try:
+                if action == "resume":
+                    if outbox is None:
+                        return store.set_run_state(args.run, "running", ("paused",))  # jobs notice at their next re-check
+                    return await sending.resume(store, outbox, args.run)
+                return await sending.cancel(store, outbox, args.run)
+            finally:
+                if outbox is not None:
+                    await outbox.close()
+
+        changed = asyncio.run(run_action())
+    state = store.run(args.run)["state"]
+    print(f"run {args.run}: {state}" + ("" if changed else f" (unchanged: {action} does not apply to a {run['state']} run)"))
+    return 0 if changed else 1
+
+
+def cmd_campaigns_report(args: argparse.Namespace) -> int:
+    import os
+
+    from campaigns.sending import report
+
+    store = _campaign_store()
+    if args.csv is not None:
+        descriptor = os.open(args.csv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w", encoding="utf-8", newline="") as out:
+            data = report(store, args.run, out)
+    else:
+        data = report(store, args.run)
+    if data is None:
+        print(f"jisr: no run {args.run}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    print(f"run {data['run']} ({data['campaign']} {data['occurrence']}): {data['state']}")
+    for name in ("total", "planned", "queued", "sent", "delivered", "read", "failed", "replied_after", "opted_out_after"):
+        print(f"  {name.replace('_', ' ')}: {data[name]}")
+    for name in ("failed_by_reason", "skipped_by_reason"):
+        if data[name]:
+            print(f"  {name.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in data[name].items()))
+    for name in ("by_country", "by_language", "by_channel"):
+        for key, counts in data[name].items():
+            print(f"  {name.replace('_', ' ')} {key}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _parse_rates(values: Sequence[str]) -> dict[str, float]:
+    from jisr.outbox import DEFAULT_RATES
+
+    rates = dict(DEFAULT_RATES)
+    for value in values:
+        channel, _, number = value.partition("=")
+        if channel not in rates or not number:
+            raise argparse.ArgumentTypeError(f"--rate takes CHANNEL=PER_SECOND with a channel of {', '.join(rates)}, not {value!r}")
+        rates[channel] = float(number)
+    return rates
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A standalone send worker on one queue; run several for more throughput or resilience."""
+    from jisr.channels import build_connectors
+    from jisr.outbox import BULK_QUEUE, REPLIES_QUEUE, SendContext, build_worker
+    from jisr.settings import get_settings
+    from jisr.store.contacts import ContactStore, create_db_engine
+
+    try:
+        rates = _parse_rates(args.rate or [])
+    except argparse.ArgumentTypeError as error:
+        print(f"jisr: {error}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    handle = _redis_handle()
+    if handle is None:
+        return 2
+    store = ContactStore(create_db_engine(settings.database_url))
+
+    async def run() -> None:
+        connectors = build_connectors(settings, handle.client())
+        context = SendContext(connectors, store, rates=rates)
+        worker = build_worker(
+            context,
+            handle.host,
+            handle.port,
+            handle.db,
+            handle.password,
+            queue=BULK_QUEUE if args.queue == "bulk" else REPLIES_QUEUE,
+            burst=args.burst,
+            max_jobs=args.max_jobs,
+            job_timeout=args.job_timeout,
+        )
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+            for connector in connectors.values():
+                await connector.close()
+
+    print(f"jisr worker: sending from the {args.queue} queue" + (" until it is empty" if args.burst else " (Ctrl-C to stop)"), file=sys.stderr)
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_telegram(args: argparse.Namespace) -> int:
     """Register the webhook with Telegram, or run in long-polling mode for development."""
     from jisr.settings import get_settings
@@ -391,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("addresses", nargs="+", help="addresses such as whatsapp:+33612345678 telegram:123456789")
     link.set_defaults(func=cmd_contacts_link)
 
-    campaigns = sub.add_parser("campaigns", help="check campaign files, preview and plan their sends (sending is not done here)")
+    campaigns = sub.add_parser("campaigns", help="check campaign files, preview, plan and schedule their sends; control and report runs")
     campaigns_sub = campaigns.add_subparsers(dest="campaigns_command", required=True)
     validate = campaigns_sub.add_parser("validate", help="check campaign files: each OK or file:line: field: reason (exit 1 if any is refused)")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -405,6 +607,44 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--now", metavar="ISO", help="plan as if it were this moment (default: now; no offset means UTC)")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
+
+    schedule = campaigns_sub.add_parser(
+        "schedule", help="plan, then queue every planned send on the bulk lane at its time (REDIS_URL; idempotent: scheduling again sends nothing twice)"
+    )
+    schedule.add_argument("file", type=Path, metavar="FILE")
+    schedule.add_argument("--now", metavar="ISO", help="plan as if it were this moment (default: now; no offset means UTC)")
+    schedule.add_argument("--json", action="store_true", help="machine-readable output")
+    schedule.set_defaults(func=cmd_campaigns_schedule)
+    status = campaigns_sub.add_parser("status", help="a run's sends by status and its progress")
+    status.add_argument("run", type=int, metavar="RUN")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_campaigns_status)
+    for name, text in (
+        ("pause", "pause a run: its queued sends wait (checked again every 30 s)"),
+        ("resume", "resume a paused run"),
+        ("cancel", "cancel a run: its sends not yet sent are skipped (cancelled)"),
+    ):
+        command = campaigns_sub.add_parser(name, help=text)
+        command.add_argument("run", type=int, metavar="RUN")
+        command.set_defaults(func=cmd_campaigns_control)
+    report = campaigns_sub.add_parser("report", help="a run's outcomes by status, reason, country, language and channel; replies and opt-outs that followed")
+    report.add_argument("run", type=int, metavar="RUN")
+    report.add_argument("--csv", type=Path, metavar="FILE", help="also write one row per send (no addresses) to FILE")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.set_defaults(func=cmd_campaigns_report)
+
+    worker = sub.add_parser(
+        "worker",
+        help="a standalone send worker (REDIS_URL, DATABASE_URL, channel settings); several may run at once",
+        description="Campaign sends wait on the bulk queue; replies on the replies queue (the gateway runs a replies worker itself). "
+        "Run bulk workers separately so a campaign never delays an answer to a family.",
+    )
+    worker.add_argument("--queue", choices=["bulk", "replies"], default="bulk", help="which queue to drain (default bulk)")
+    worker.add_argument("--burst", action="store_true", help="stop once the queue is empty (deferred jobs included)")
+    worker.add_argument("--max-jobs", type=_positive(int), default=10, help="jobs in flight at once (default 10)")
+    worker.add_argument("--job-timeout", type=_positive(float), default=60.0, help="seconds a send may take; a crashed worker's jobs resume this + 10 s later (default 60)")
+    worker.add_argument("--rate", action="append", metavar="CHANNEL=PER_SECOND", help="a channel's send rate (default: the platform limits); repeatable")
+    worker.set_defaults(func=cmd_worker)
 
     telegram = sub.add_parser("telegram", help="Telegram: register the webhook, or poll for development")
     telegram.add_argument("action", choices=["webhook", "poll"])

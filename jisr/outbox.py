@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import time
@@ -33,6 +34,14 @@ logger = logging.getLogger(__name__)
 REPLIES_QUEUE = "jisr:queue:replies"
 BULK_QUEUE = "jisr:queue:bulk"
 MAX_TRIES = 8
+# arq's own cap on runs of a job. Waiting for capacity, a paused run or a channel pause re-defers
+# the job and arq counts each as a try, so this is a safety net only: real provider failures
+# are counted separately (``_attempt``) and stop at MAX_TRIES.
+ARQ_MAX_TRIES = 10_000
+# Waits for a rate-limit token shorter than this are slept inside the job (no re-queue churn).
+IN_JOB_WAIT_SECONDS = 1.0
+# A paused campaign run: its jobs look again this often (``jisr campaigns resume`` also wakes them).
+PAUSED_RECHECK_SECONDS = 30.0
 # Backoff between tries of a transient failure: 1 s, 2 s, 4 s … capped at 5 minutes.
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
@@ -76,6 +85,14 @@ class SendJob:
     messenger_tag: Optional[str] = None
     contact_id: Optional[int] = None
     lane: str = "replies"
+    # A campaign send (lane "bulk"): its run and campaign_sends row. The worker decides at send
+    # time, from these rows, whether and in which form (text, template, tag) it goes out.
+    run_id: Optional[int] = None
+    send_id: Optional[int] = None
+
+    @property
+    def is_campaign(self) -> bool:
+        return self.send_id is not None
 
     def part_key(self, index: int) -> str:
         return f"{self.idempotency_key}:{index}"
@@ -132,15 +149,19 @@ class Outbox:
     async def connect(cls, host: str, port: int, database: int = 0, password: Optional[str] = None) -> "Outbox":
         return cls(await create_pool(RedisSettings(host=host, port=port, database=database, password=password)))
 
-    async def enqueue(self, job: SendJob, defer_seconds: float = 0.0) -> bool:
+    async def enqueue(self, job: SendJob, defer_seconds: float = 0.0, defer_until: Optional[dt.datetime] = None) -> bool:
         """Queue ``job`` once; False if a job with this key is already queued, running or done."""
         queue = REPLIES_QUEUE if job.lane == "replies" else BULK_QUEUE
+        if defer_until is not None and defer_until.timestamp() <= time.time():
+            # Already due: arq would compute a negative expiry from a past defer_until.
+            defer_until = None
         enqueued = await self.pool.enqueue_job(
             "send_message",
             asdict(job),
             _job_id=job.idempotency_key,
             _queue_name=queue,
-            _defer_by=defer_seconds or None,
+            _defer_by=(defer_seconds or None) if defer_until is None else None,
+            _defer_until=defer_until,
         )
         if enqueued is not None and self.on_enqueue is not None:
             self.on_enqueue(queue)
@@ -157,6 +178,7 @@ class SendContext:
     connectors: Mapping[str, Connector]
     store: ContactStore
     rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    paused_recheck_seconds: float = PAUSED_RECHECK_SECONDS
 
 
 async def _wait_for_channel(redis: ArqRedis, channel: str, rate: float) -> Optional[float]:
@@ -169,23 +191,65 @@ async def _wait_for_channel(redis: ArqRedis, channel: str, rate: float) -> Optio
     return wait if wait > 0 else None
 
 
+async def _attempt(redis: ArqRedis, key: str) -> int:
+    """Count one provider call for ``key`` (shared by every worker, kept 2 days).
+
+    Counted apart from arq's job_try, which also counts the re-deferrals that are not
+    failures (rate limit, channel pause, paused run): backoff and MAX_TRIES see real calls only.
+    """
+    counter = f"{keys.PREFIX}attempts:{key}"
+    count = int(await redis.incr(counter))
+    if count == 1:
+        await redis.expire(counter, 2 * 86400)
+    return count
+
+
+async def _take_capacity(redis: ArqRedis, channel: str, rate: float) -> None:
+    """Return once this channel may send; raise Retry when the wait is long (a 429 pause, a busy bucket)."""
+    waited = 0.0
+    while True:
+        wait = await _wait_for_channel(redis, channel, rate)
+        if wait is None:
+            return
+        if wait > IN_JOB_WAIT_SECONDS or waited + wait > 3 * IN_JOB_WAIT_SECONDS:
+            raise Retry(defer=wait)
+        await asyncio.sleep(wait)
+        waited += wait
+
+
 async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
-    """The worker function: send a job's parts in order, deciding on failure whether and when to try again."""
+    """The worker function for both lanes: a reply job, or a campaign send decided at send time.
+
+    A campaign job is first checked against its run and contact as they are *now* (paused,
+    cancelled, opted out, 24-hour window) by campaigns.sending.prepare, which returns the
+    message to send or the outcome; then both kinds share one send loop, so retries, the
+    429 channel pause and "contact stopped" behave the same for replies and campaigns.
+    """
     job = SendJob.from_dict(payload)
     send_ctx: SendContext = ctx["send_context"]
+    if job.is_campaign:
+        from campaigns.sending import prepare  # imported here: campaigns imports this module
+
+        prepared = await prepare(send_ctx, job)
+        if isinstance(prepared, str):
+            return prepared
+        job = prepared
+    return await _send_parts(ctx, send_ctx, job)
+
+
+async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) -> str:
+    """Send a job's parts in order, deciding on failure whether and when to try again."""
     redis: ArqRedis = ctx["redis"]
     store = send_ctx.store
     connector = send_ctx.connectors[job.channel]
-    tries = int(ctx.get("job_try", 1))
     sent = 0
     for message in job.messages():
         key = message.idempotency_key or job.idempotency_key
         if await asyncio.to_thread(store.outbound_status, key) in FINAL_STATUSES:
             continue  # sent before a crash or a retry: never twice
-        wait = await _wait_for_channel(redis, job.channel, send_ctx.rates.get(job.channel, 10.0))
-        if wait is not None:
-            # Waiting for capacity is not a failure: arq counts it as a try, hence the larger max_tries.
-            raise Retry(defer=wait)
+        # Waiting for capacity is not a failure: it does not count as an attempt.
+        await _take_capacity(redis, job.channel, send_ctx.rates.get(job.channel, 10.0))
+        tries = await _attempt(redis, key)
         try:
             result = await connector.send(message)
         except Throttled as error:
@@ -211,7 +275,7 @@ async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
                 raise Retry(defer=backoff_seconds(tries)) from error
             await _fail_rest(store, job, "unexpected", tries)
             return "failed"
-        await asyncio.to_thread(store.mark_sent, key, result.provider_message_id, tries)
+        await asyncio.to_thread(store.mark_sent, key, result.provider_message_id, tries, job.send_id)
         sent += 1
     return f"sent {sent}"
 
@@ -224,7 +288,7 @@ async def _fail_rest(store: ContactStore, job: SendJob, code: str, tries: int) -
     for message in job.messages():
         key = message.idempotency_key or job.idempotency_key
         if await asyncio.to_thread(store.outbound_status, key) not in FINAL_STATUSES:
-            await asyncio.to_thread(store.mark_failed, key, code, tries)
+            await asyncio.to_thread(store.mark_failed, key, code, tries, job.send_id)
 
 
 class WakeableWorker(Worker):
@@ -264,6 +328,7 @@ def build_worker(
     queue: str = REPLIES_QUEUE,
     burst: bool = False,
     max_jobs: int = 50,
+    job_timeout: float = 60,
 ) -> WakeableWorker:
     """An arq worker for one queue (replies or bulk) that sends with ``send_context``."""
 
@@ -275,11 +340,13 @@ def build_worker(
         redis_settings=RedisSettings(host=host, port=port, database=database, password=password),
         queue_name=queue,
         on_startup=startup,
-        max_tries=MAX_TRIES * 4,  # capacity waits count as tries too; real failures stop at MAX_TRIES
+        max_tries=ARQ_MAX_TRIES,  # re-deferrals count as tries too; real failures stop at MAX_TRIES
         burst=burst,
         max_jobs=max_jobs,
         keep_result=3600,
         poll_delay=0.05,
         handle_signals=False,
-        job_timeout=60,
+        # A killed worker's jobs are taken up by another one job_timeout + 10 s later (arq's
+        # in-progress lock), so this is also how long a crash delays them.
+        job_timeout=job_timeout,
     )

@@ -24,6 +24,7 @@ from connectors.errors import MalformedPayload, WebhookForbidden
 from connectors.types import Channel, InboundEvent, WebhookRequest
 from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
+from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
@@ -49,19 +50,6 @@ class Services:
     gateway: Gateway
     connectors: dict[str, Connector]
     worker_task: Optional[asyncio.Task] = None
-
-
-def build_connectors(settings: Settings, redis_client: Any) -> dict[str, Connector]:
-    from connectors.messenger import MessengerConnector
-    from connectors.telegram import TelegramConnector
-    from connectors.whatsapp_twilio import TwilioWhatsAppConnector
-
-    return {
-        Channel.WHATSAPP.value: TwilioWhatsAppConnector.from_settings(settings),
-        Channel.TELEGRAM.value: TelegramConnector.from_settings(settings),
-        Channel.MESSENGER.value: MessengerConnector.from_settings(settings),
-        Channel.WEBCHAT.value: WebChatConnector(settings.webchat_secret, redis_client),
-    }
 
 
 def _load_content() -> None:

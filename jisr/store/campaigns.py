@@ -16,12 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from jisr.store.contacts import Contact
-from jisr.store.schema import campaign_runs, campaign_sends, contacts
+from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contacts, messages
 
 # Statuses of a send that count towards the weekly cap: everything but failed and skipped.
 COUNTED_STATUSES = ("planned", "queued", "sent", "delivered", "read")
 SEND_STATUSES = COUNTED_STATUSES + ("failed", "skipped")
 RUN_STATES = ("planned", "running", "paused", "cancelled", "done")
+# Sends a worker may still send; every other status is final for the sender.
+PENDING_STATUSES = ("planned", "queued")
 
 
 def _now() -> dt.datetime:
@@ -167,3 +169,155 @@ class CampaignStore:
             for status, reason, count in conn.execute(query):
                 counts[f"{status}:{reason}" if reason else status] += count
         return counts
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def run(self, run_id: int) -> Optional[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
+        return dict(row._mapping) if row else None
+
+    def set_run_state(self, run_id: int, state: str, only_from: Sequence[str] = ()) -> bool:
+        """Set the run's state (optionally only from some states); True if it changed."""
+        if state not in RUN_STATES:
+            raise ValueError(f"run state is one of {', '.join(RUN_STATES)}")
+        query = campaign_runs.update().where(campaign_runs.c.id == run_id)
+        if only_from:
+            query = query.where(campaign_runs.c.state.in_(list(only_from)))
+        with self.engine.begin() as conn:
+            return bool(conn.execute(query.values(state=state)).rowcount)
+
+    def pending_sends(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's sends not yet sent nor settled, with what rendering needs of their contact."""
+        query = (
+            sa.select(
+                campaign_sends.c.id,
+                campaign_sends.c.idempotency_key,
+                campaign_sends.c.contact_id,
+                campaign_sends.c.language,
+                campaign_sends.c.channel,
+                campaign_sends.c.scheduled_at,
+                campaign_sends.c.status,
+                contacts.c.address,
+                contacts.c.country,
+                contacts.c.region,
+            )
+            .select_from(campaign_sends.join(contacts, contacts.c.id == campaign_sends.c.contact_id))
+            .where(campaign_sends.c.run_id == run_id, campaign_sends.c.status.in_(PENDING_STATUSES))
+            .order_by(campaign_sends.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def mark_queued(self, send_ids: Sequence[int]) -> int:
+        """planned → queued (never moves a send that a worker already settled)."""
+        changed = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(send_ids), 900):
+                chunk = list(send_ids[start : start + 900])
+                result = conn.execute(
+                    campaign_sends.update()
+                    .where(campaign_sends.c.id.in_(chunk), campaign_sends.c.status == "planned")
+                    .values(status="queued", updated_at=_now())
+                )
+                changed += result.rowcount
+        return changed
+
+    def skip_planned(self, run_id: int, reason: str) -> int:
+        """Skip the run's sends that no job holds (still planned), e.g. on cancel."""
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    campaign_sends.update()
+                    .where(campaign_sends.c.run_id == run_id, campaign_sends.c.status == "planned")
+                    .values(status="skipped", reason=reason, updated_at=_now())
+                ).rowcount
+            )
+
+    def send_state(self, send_id: int) -> Optional[dict[str, Any]]:
+        """A send with its run's state and its contact's consent and window, as they are now."""
+        query = (
+            sa.select(
+                campaign_sends.c.id,
+                campaign_sends.c.status,
+                campaign_sends.c.contact_id,
+                campaign_sends.c.channel,
+                campaign_runs.c.state.label("run_state"),
+                contacts.c.consent,
+                contacts.c.last_inbound_at,
+            )
+            .select_from(
+                campaign_sends.join(campaign_runs, campaign_runs.c.id == campaign_sends.c.run_id).join(
+                    contacts, contacts.c.id == campaign_sends.c.contact_id
+                )
+            )
+            .where(campaign_sends.c.id == send_id)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    def skip_send(self, send_id: int, reason: str) -> bool:
+        """Skip a send decided against at send time; only while it is still pending."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    campaign_sends.update()
+                    .where(campaign_sends.c.id == send_id, campaign_sends.c.status.in_(PENDING_STATUSES))
+                    .values(status="skipped", reason=reason[:32], updated_at=_now())
+                ).rowcount
+            )
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def report_rows(self, run_id: int) -> list[dict[str, Any]]:
+        """One row per send of the run, with the contact's country and whether a reply or an
+        opt-out followed (no addresses: reports are shared with people who need no phone numbers)."""
+        replied = (
+            sa.select(sa.func.count())
+            .where(
+                messages.c.contact_id == campaign_sends.c.contact_id,
+                messages.c.direction == "in",
+                messages.c.created_at > campaign_sends.c.sent_at,
+            )
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(
+                campaign_sends.c.id,
+                campaign_sends.c.contact_id,
+                campaign_sends.c.channel,
+                campaign_sends.c.language,
+                campaign_sends.c.form,
+                campaign_sends.c.status,
+                campaign_sends.c.reason,
+                campaign_sends.c.scheduled_at,
+                campaign_sends.c.sent_at,
+                campaign_sends.c.attempts,
+                contacts.c.country,
+                replied.label("replies_after"),
+            )
+            .select_from(campaign_sends.join(contacts, contacts.c.id == campaign_sends.c.contact_id))
+            .where(campaign_sends.c.run_id == run_id)
+            .order_by(campaign_sends.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            first_sent = conn.execute(sa.select(sa.func.min(campaign_sends.c.sent_at)).where(campaign_sends.c.run_id == run_id)).scalar()
+            opted_out: set[int] = set()
+            if first_sent is not None:
+                run_contacts = sa.select(campaign_sends.c.contact_id).where(campaign_sends.c.run_id == run_id)
+                opted_out = set(
+                    conn.execute(
+                        sa.select(consent_events.c.contact_id).where(
+                            consent_events.c.consent == "opted_out",
+                            consent_events.c.at > first_sent,
+                            consent_events.c.contact_id.in_(run_contacts),
+                        )
+                    ).scalars()
+                )
+        for row in rows:
+            row["opted_out_after"] = row["contact_id"] in opted_out
+            if row["sent_at"] is None:
+                row["replies_after"] = 0
+        return rows

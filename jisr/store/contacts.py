@@ -12,7 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from jisr.store.migrations import migrate
-from jisr.store.schema import consent_events, contacts, messages
+from jisr.store.schema import campaign_sends, consent_events, contacts, messages
+
+# Delivery statuses only move forward: a late "sent" receipt never undoes "read".
+STATUS_ORDER = {"planned": -1, "queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
 
 PROFILE_FIELDS = ("language", "country", "region", "role", "school_level")
 # What an import may set besides consent; timezone is not a profile field because the
@@ -501,30 +504,51 @@ class ContactStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(messages.c.status).where(messages.c.idempotency_key == idempotency_key)).scalar()
 
-    def mark_sent(self, idempotency_key: str, provider_message_id: str, attempts: int) -> None:
+    def mark_sent(self, idempotency_key: str, provider_message_id: str, attempts: int, campaign_send_id: Optional[int] = None) -> None:
+        """The provider accepted the message; a campaign send is updated in the same transaction,
+        so a crash can never leave the log saying "sent" and the campaign saying "queued"."""
+        now = _now()
         with self.engine.begin() as conn:
             conn.execute(
                 messages.update()
                 .where(messages.c.idempotency_key == idempotency_key)
-                .values(status="sent", provider_message_id=provider_message_id, attempts=attempts, updated_at=_now())
+                .values(status="sent", provider_message_id=provider_message_id, attempts=attempts, updated_at=now)
             )
             conn.execute(
                 contacts.update()
                 .where(contacts.c.id == sa.select(messages.c.contact_id).where(messages.c.idempotency_key == idempotency_key).scalar_subquery())
-                .values(last_outbound_at=_now())
+                .values(last_outbound_at=now)
             )
+            if campaign_send_id is not None:
+                conn.execute(
+                    campaign_sends.update()
+                    .where(campaign_sends.c.id == campaign_send_id, campaign_sends.c.status.in_(("planned", "queued")))
+                    .values(status="sent", provider_message_id=provider_message_id, attempts=attempts, sent_at=now, reason=None, updated_at=now)
+                )
 
-    def mark_failed(self, idempotency_key: str, error_code: Optional[str], attempts: int) -> None:
+    def mark_failed(self, idempotency_key: str, error_code: Optional[str], attempts: int, campaign_send_id: Optional[int] = None) -> None:
+        now = _now()
         with self.engine.begin() as conn:
             conn.execute(
                 messages.update()
                 .where(messages.c.idempotency_key == idempotency_key)
-                .values(status="failed", error_code=error_code, attempts=attempts, updated_at=_now())
+                .values(status="failed", error_code=error_code, attempts=attempts, updated_at=now)
             )
+            if campaign_send_id is not None:
+                conn.execute(
+                    campaign_sends.update()
+                    .where(campaign_sends.c.id == campaign_send_id, campaign_sends.c.status.in_(("planned", "queued")))
+                    .values(status="failed", reason=(error_code or "unknown")[:32], attempts=attempts, updated_at=now)
+                )
 
     def apply_status(self, provider_message_id: str, status: str, error_code: Optional[str] = None) -> bool:
-        """A delivery receipt; statuses only move forward (a late "sent" never undoes "read")."""
-        order = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
+        """A delivery receipt; statuses only move forward (a late "sent" never undoes "read").
+
+        A receipt for a campaign message also moves its campaign_sends row (found by the
+        provider's id, stored when the message was sent), so reports count deliveries and reads.
+        """
+        order = STATUS_ORDER
+        now = _now()
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(messages.c.id, messages.c.status).where(
@@ -536,7 +560,17 @@ class ContactStore:
             if order.get(status, 0) <= order.get(row.status, 0):
                 return True
             conn.execute(
-                messages.update().where(messages.c.id == row.id).values(status=status, error_code=error_code, updated_at=_now())
+                messages.update().where(messages.c.id == row.id).values(status=status, error_code=error_code, updated_at=now)
+            )
+            campaign_status = "failed" if status == "undelivered" else status
+            behind = [name for name, rank in order.items() if 0 <= rank < order.get(status, 0) and name != "undelivered"]
+            values: dict[str, Any] = {"status": campaign_status, "updated_at": now}
+            if campaign_status == "failed":
+                values["reason"] = (error_code or status)[:32]
+            conn.execute(
+                campaign_sends.update()
+                .where(campaign_sends.c.provider_message_id == provider_message_id, campaign_sends.c.status.in_(behind))
+                .values(**values)
             )
             return True
 

@@ -95,10 +95,23 @@ def _v3_campaign_runs_and_sends(conn: Connection) -> None:
     _v3_campaign_sends.create(conn)
 
 
+def _v4_campaign_send_outcomes(conn: Connection) -> None:
+    """What sending records on a campaign send: the provider's id (receipts find the send by
+    it), the number of provider calls and when it was accepted."""
+    quote = conn.dialect.identifier_preparer.quote
+    existing = {column["name"] for column in sa.inspect(conn).get_columns("campaign_sends")}
+    for name, column_type in (("provider_message_id", sa.String(128)), ("attempts", sa.Integer()), ("sent_at", sa.DateTime(timezone=True))):
+        if name not in existing:
+            compiled = column_type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {quote('campaign_sends')} ADD COLUMN {quote(name)} {compiled}"))
+    conn.execute(sa.text(f"CREATE INDEX {quote('ix_campaign_sends_provider_message_id')} ON {quote('campaign_sends')} ({quote('provider_message_id')})"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
     (3, "campaign runs and their planned sends", _v3_campaign_runs_and_sends),
+    (4, "campaign sends: provider message id, attempts, sent_at", _v4_campaign_send_outcomes),
 ]
 
 

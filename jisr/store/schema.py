@@ -128,7 +128,10 @@ campaign_sends = sa.Table(
     sa.Column("scheduled_at", UtcDateTime()),                             # None only when no time zone is known
     sa.Column("local_time", sa.String(64)),                               # "2026-10-25 18:00 Europe/Paris", for people
     sa.Column("status", sa.String(16), nullable=False),                   # planned | queued | sent | delivered | read | failed | skipped
-    sa.Column("reason", sa.String(32)),                                   # why skipped: opted_out | no_consent | capped | …
+    sa.Column("reason", sa.String(32)),                                   # why skipped: opted_out | no_consent | capped | …; why failed: the error code
+    sa.Column("provider_message_id", sa.String(128), index=True),         # step 4: links delivery receipts to the send
+    sa.Column("attempts", sa.Integer),                                    # step 4: provider calls made for it
+    sa.Column("sent_at", UtcDateTime()),                                  # step 4: when the provider accepted it
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.Index("ix_campaign_sends_run_status", "run_id", "status"),

@@ -1,0 +1,341 @@
+"""Campaign sending end to end: schedule → bulk queue → worker decides at send time → provider
+simulators; pause, resume, cancel, receipts, reports, and a worker killed mid-campaign.
+
+Real pieces only: an embedded Redis, SQLite, the Twilio/Telegram/Graph simulators on localhost,
+arq workers in burst mode (and `jisr worker` subprocesses for the kill test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from campaigns import sending
+from campaigns.definitions import load_campaign
+from jisr.channels import build_connectors
+from jisr.outbox import BULK_QUEUE, Outbox, SendContext, build_worker
+from jisr.redisconn import connect_redis
+from jisr.settings import Settings
+from jisr.store import schema
+from jisr.store.campaigns import CampaignStore
+from jisr.store.contacts import ContactStore, create_db_engine
+from tests.conftest import STACK_SECRETS
+
+UTC = dt.timezone.utc
+SID = "HX" + "2" * 32
+PARIS = ZoneInfo("Europe/Paris")
+ROOT = Path(__file__).resolve().parents[1]
+
+# The occurrence lies two days back in real time, planned "as of" four days back: every send
+# is due now for the real clock (arq defers to scheduled_at), yet was in the future when planned.
+REAL_NOW = dt.datetime.now(UTC)
+DAY = (REAL_NOW - dt.timedelta(days=2)).astimezone(PARIS).date()
+PLAN_NOW = REAL_NOW - dt.timedelta(days=4)
+SEND_AT = dt.datetime.combine(DAY, dt.time(12, 0), tzinfo=PARIS).astimezone(UTC)
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from jisr.simulators import graph, telegram, twilio
+    from jisr.simulators.server import BackgroundServer
+
+    s = STACK_SECRETS
+    tmp = tmp_path_factory.mktemp("campaign-sending")
+    handle = connect_redis(None, name="campaign-redis", directory=tmp)
+    with BackgroundServer(twilio.create_app(auth_token=s["twilio_auth_token"], account_sid=s["twilio_account_sid"])) as twilio_url, BackgroundServer(
+        telegram.create_app(token=s["telegram_token"])
+    ) as telegram_url, BackgroundServer(
+        graph.create_app(page_token="page-token", app_secret=s["messenger_app_secret"], verify_token=s["messenger_verify_token"])
+    ) as graph_url:
+        settings = Settings(
+            redis_url=handle.url,
+            var_dir=tmp,
+            twilio_account_sid=s["twilio_account_sid"],
+            twilio_auth_token=s["twilio_auth_token"],
+            twilio_api_base=twilio_url,
+            telegram_bot_token=s["telegram_token"],
+            telegram_secret_token=s["telegram_secret"],
+            telegram_api_base=telegram_url,
+            messenger_app_secret=s["messenger_app_secret"],
+            messenger_verify_token=s["messenger_verify_token"],
+            messenger_page_token="page-token",
+            graph_api_base=graph_url,
+            webchat_secret=s["webchat_secret"],
+        )
+        yield {"redis": handle, "settings": settings, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url, "tmp": tmp}
+    handle.close()
+
+
+@pytest.fixture()
+def env(sims: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A fresh database, an empty Redis and simulators with nothing recorded, for each test."""
+    sims["redis"].sync_client().flushdb()
+    for name in ("twilio", "telegram", "graph"):
+        httpx.post(f"{sims[name]}/_sim/reset")
+    url = f"sqlite:///{tmp_path / 'jisr.db'}"
+    engine = create_db_engine(url)
+    yield {**sims, "database_url": url, "engine": engine, "store": CampaignStore(engine), "contacts": ContactStore(engine), "dir": tmp_path}
+    engine.dispose()
+
+
+def campaign_file(directory: Path, name: str, channels: str = "[whatsapp, telegram, messenger]") -> Path:
+    path = directory / f"{name}.yml"
+    path.write_text(
+        f"""id: {name}
+name: Test {name}
+audience:
+  countries: [FR]
+  languages: [fr]
+  channels: {channels}
+trigger:
+  at: "{DAY.isoformat()}T12:00"
+send_window: {{start: "09:00", end: "20:00"}}
+weekly_cap: 5
+fallback_language: fr
+messages:
+  fr: "Bonjour, rappel pour les familles en {{country}}."
+whatsapp_template:
+  content_sid: {SID}
+  variables: {{1: country}}
+messenger_outside_window: skip
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def add_contact(env: dict[str, Any], address: str, **fields: Any) -> int:
+    values = dict(channel=address.split(":")[0], language="fr", country="FR", role="parent", consent="opted_in", created_at=PLAN_NOW, timezone="Europe/Paris")
+    values.update(fields)
+    with env["engine"].begin() as conn:
+        return int(conn.execute(schema.contacts.insert().values(address=address, **values)).inserted_primary_key[0])
+
+
+def sends(env: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {row["contact_id"]: row for row in env["store"].sends()}
+
+
+def requests_of(env: dict[str, Any], sim: str) -> list[dict[str, Any]]:
+    return httpx.get(f"{env[sim]}/_sim/requests").json()["requests"]
+
+
+def twilio_sent(env: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in requests_of(env, "twilio") if r.get("http_status") in (200, 201)]
+
+
+async def _with_outbox(env: dict[str, Any], action: Any) -> Any:
+    outbox = await Outbox.connect(env["redis"].host, env["redis"].port)
+    try:
+        return await action(outbox)
+    finally:
+        await outbox.close()
+
+
+def schedule(env: dict[str, Any], path: Path) -> sending.ScheduleResult:
+    campaign = load_campaign(path)
+    return asyncio.run(_with_outbox(env, lambda outbox: sending.schedule(campaign, env["store"], outbox, PLAN_NOW)))
+
+
+async def _burst(env: dict[str, Any], rates: dict[str, float]) -> None:
+    handle = env["redis"]
+    connectors = build_connectors(env["settings"], handle.client())
+    context = SendContext(connectors, env["contacts"], rates=rates, paused_recheck_seconds=0.3)
+    worker = build_worker(context, handle.host, handle.port, queue=BULK_QUEUE, burst=True, max_jobs=10)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+        for connector in connectors.values():
+            await connector.close()
+
+
+def run_worker(env: dict[str, Any], rates: dict[str, float] | None = None) -> None:
+    """A real arq worker on the bulk queue, until the queue (deferred jobs included) is empty."""
+    asyncio.run(asyncio.wait_for(_burst(env, rates or {"whatsapp": 50.0, "telegram": 50.0, "messenger": 50.0}), 60))
+
+
+def test_forms_are_decided_at_send_time_and_receipts_reach_the_campaign(env):
+    recent = REAL_NOW - dt.timedelta(hours=1)
+    wa_in = add_contact(env, "whatsapp:+33600000001", last_inbound_at=recent)
+    wa_out = add_contact(env, "whatsapp:+33600000002")
+    tg = add_contact(env, "telegram:5001")
+    # Inside the window when planned (an hour before the send), closed by send time.
+    fb = add_contact(env, "messenger:7001", last_inbound_at=SEND_AT - dt.timedelta(hours=1))
+    leaver = add_contact(env, "telegram:5002")
+    path = campaign_file(env["dir"], "forms")
+    first = schedule(env, path)
+    assert first.enqueued == 5 and first.already_queued == 0
+    assert {row["status"] for row in sends(env).values()} == {"queued"}
+    assert sends(env)[fb]["form"] == "text", "the planner predicted the window open"
+    # Opting out after planning: the worker must notice.
+    env["contacts"].record_consent(leaver, "opted_out", "conversation", None, "telegram")
+    again = schedule(env, path)
+    assert again.enqueued == 0 and again.already_queued == 5, "scheduling twice queues nothing new"
+
+    run_worker(env)
+    schedule(env, path)  # once more after sending: still nothing twice
+    run_worker(env)
+
+    rows = sends(env)
+    assert {c: (rows[c]["status"], rows[c]["reason"]) for c in rows} == {
+        wa_in: ("sent", None),
+        wa_out: ("sent", None),
+        tg: ("sent", None),
+        fb: ("skipped", "outside_window"),
+        leaver: ("skipped", "opted_out"),
+    }
+    twilio = {r["to"]: r for r in twilio_sent(env)}
+    assert len(twilio_sent(env)) == 2
+    assert twilio["whatsapp:+33600000001"]["body"] == "Bonjour, rappel pour les familles en France." and not twilio["whatsapp:+33600000001"]["content_sid"]
+    assert twilio["whatsapp:+33600000002"]["content_sid"] == SID and twilio["whatsapp:+33600000002"]["variables"] == {"1": "France"}
+    telegram = [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"]
+    assert [str(r["params"]["chat_id"]) for r in telegram] == ["5001"], "the contact who opted out is never messaged"
+    assert not [r for r in requests_of(env, "graph") if r.get("json")], "messenger outside its window with the skip policy: nothing sent"
+    assert rows[wa_out]["provider_message_id"] == twilio["whatsapp:+33600000002"]["sid"] and rows[wa_out]["attempts"] == 1
+
+    # Receipts as the gateway applies them (its status webhook calls apply_status).
+    sid = rows[wa_out]["provider_message_id"]
+    for status in ("delivered", "read", "sent"):
+        assert env["contacts"].apply_status(sid, status)
+    env["contacts"].apply_status(rows[wa_in]["provider_message_id"], "delivered")
+    env["contacts"].apply_status(rows[tg]["provider_message_id"], "undelivered", "63024")
+    # A reply after the campaign message.
+    env["contacts"].log_inbound(wa_out, "whatsapp", "SMreply", "merci", [])
+
+    run_id = next(iter(first.plan.runs.values()))
+    report = sending.report(env["store"], run_id)
+    assert report is not None
+    assert (report["total"], report["planned"], report["sent"], report["delivered"], report["read"], report["failed"]) == (5, 5, 2, 2, 1, 1)
+    assert report["failed_by_reason"] == {"63024": 1}
+    assert report["skipped_by_reason"] == {"opted_out": 1, "outside_window": 1}
+    assert report["by_channel"]["whatsapp"] == {"delivered": 1, "read": 1}
+    assert report["by_country"] == {"FR": {"delivered": 1, "failed": 1, "read": 1, "skipped": 2}}
+    assert report["replied_after"] == 1 and report["opted_out_after"] == 0  # the opt-out came before the first send
+    status = sending.status(env["store"], run_id)
+    assert status is not None and status["state"] == "done" and status["progress"] == 1.0
+
+
+def test_transient_failures_are_retried_and_a_429_pauses_the_channel(env):
+    first = add_contact(env, "whatsapp:+33600000011")
+    second = add_contact(env, "whatsapp:+33600000012")
+    httpx.post(f"{env['twilio']}/_sim/fail", json={"queue": [{"status": 503}, {"status": 503}, {"status": 429, "retry_after": 2}]})
+    schedule(env, campaign_file(env["dir"], "retries", channels="[whatsapp]"))
+    started = time.monotonic()
+    run_worker(env)
+    assert time.monotonic() - started >= 1.8, "the whole channel waited for the 429's retry-after"
+    rows = sends(env)
+    assert rows[first]["status"] == rows[second]["status"] == "sent"
+    assert rows[first]["attempts"] + rows[second]["attempts"] == 5, "three refusals, then one success each"
+    assert max(rows[first]["attempts"], rows[second]["attempts"]) > 1
+    assert sorted(r["to"] for r in twilio_sent(env)) == ["whatsapp:+33600000011", "whatsapp:+33600000012"]
+
+
+def test_pause_resume_and_cancel(env):
+    paused_contacts = [add_contact(env, f"telegram:{6000 + i}") for i in range(3)]
+    result = schedule(env, campaign_file(env["dir"], "paused", channels="[telegram]"))
+    run_id = next(iter(result.plan.runs.values()))
+    assert sending.pause(env["store"], run_id)
+
+    async def scenario() -> None:
+        worker = asyncio.create_task(_burst(env, {"telegram": 50.0}))
+        await asyncio.sleep(1.5)
+        assert not [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"], "a paused run sends nothing"
+        assert {sends(env)[c]["status"] for c in paused_contacts} == {"queued"}
+        outbox = await Outbox.connect(env["redis"].host, env["redis"].port)
+        try:
+            assert await sending.resume(env["store"], outbox, run_id)
+        finally:
+            await outbox.close()
+        await asyncio.wait_for(worker, 30)
+
+    asyncio.run(scenario())
+    assert {sends(env)[c]["status"] for c in paused_contacts} == {"sent"}
+
+    cancelled_contact = add_contact(env, "telegram:6100")
+    cancelled = schedule(env, campaign_file(env["dir"], "cancelled", channels="[telegram]"))
+    cancelled_run = next(iter(cancelled.plan.runs.values()))
+    assert asyncio.run(_with_outbox(env, lambda outbox: sending.cancel(env["store"], outbox, cancelled_run)))
+    run_worker(env)
+    row = {s["contact_id"]: s for s in env["store"].sends(cancelled_run)}[cancelled_contact]
+    assert (row["status"], row["reason"]) == ("skipped", "cancelled")
+    assert sorted(str(r["params"]["chat_id"]) for r in requests_of(env, "telegram") if r["method"] == "sendMessage") == ["6000", "6001", "6002"]
+
+
+def _worker_process(env: dict[str, Any]) -> subprocess.Popen:
+    s = env["settings"]
+    environment = {
+        **os.environ,
+        "REDIS_URL": env["redis"].url,
+        "DATABASE_URL": env["database_url"],
+        "JISR_VAR_DIR": str(env["dir"]),
+        "JISR_TWILIO_API_BASE": env["twilio"],
+        "JISR_TWILIO_ACCOUNT_SID": s.twilio_account_sid,
+        "JISR_TWILIO_AUTH_TOKEN": s.twilio_auth_token,
+        "JISR_TELEGRAM_API_BASE": env["telegram"],
+        "JISR_TELEGRAM_BOT_TOKEN": s.telegram_bot_token,
+        "JISR_GRAPH_API_BASE": env["graph"],
+    }
+    command = [sys.executable, "-m", "jisr.cli", "worker", "--queue", "bulk", "--max-jobs", "1", "--job-timeout", "4", "--rate", "whatsapp=40", "--burst"]
+    return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_worker_killed_mid_campaign_is_resumed_by_another_and_nothing_is_sent_twice(env):
+    addresses = [f"whatsapp:+3361{i:07d}" for i in range(200)]
+    ids = {address: add_contact(env, address) for address in addresses}
+    result = schedule(env, campaign_file(env["dir"], "crash", channels="[whatsapp]"))
+    assert result.enqueued == 200
+    leavers = addresses[150:155]
+    for address in leavers:
+        env["contacts"].record_consent(ids[address], "opted_out", "conversation", None, "whatsapp")
+
+    first = _worker_process(env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(twilio_sent(env)) < 30:
+            assert first.poll() is None and time.monotonic() < deadline, "the first worker did not get going"
+            time.sleep(0.05)
+        # Make the next request hang at the provider, so the kill lands while a send is in
+        # flight (its one job is inside the HTTP call) — the hardest moment to resume from.
+        httpx.post(f"{env['twilio']}/_sim/fail", json={"queue": [{"timeout": 8}]})
+        count, stable_since = len(twilio_sent(env)), time.monotonic()
+        while time.monotonic() - stable_since < 0.8:
+            now_count = len(twilio_sent(env))
+            if now_count != count:
+                count, stable_since = now_count, time.monotonic()
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert 30 <= count < 195, "killed mid-campaign"
+
+    second = _worker_process(env)
+    try:
+        _, stderr = second.communicate(timeout=70)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, stderr.decode()[-2000:]
+
+    per_address: dict[str, int] = {}
+    for request in twilio_sent(env):
+        per_address[request["to"]] = per_address.get(request["to"], 0) + 1
+    expected = [a for a in addresses if a not in leavers]
+    assert {a: per_address.get(a, 0) for a in expected} == {a: 1 for a in expected}, "every planned send exactly once"
+    assert not [a for a in leavers if a in per_address], "never to a contact who opted out"
+    rows = sends(env)
+    assert sum(1 for r in rows.values() if r["status"] == "sent") == 195
+    assert {(r["status"], r["reason"]) for c, r in rows.items() if c in {ids[a] for a in leavers}} == {("skipped", "opted_out")}
