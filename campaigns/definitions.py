@@ -19,8 +19,10 @@ line, so every message says what is accepted, not only what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
+import hashlib
 import re
 import string
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ __all__ = [
     "Trigger",
     "WhatsAppTemplate",
     "load_campaign",
+    "load_campaign_text",
     "load_campaigns",
     "render",
     "template_variables",
@@ -297,6 +300,8 @@ class Campaign:
     weekly_cap: int = DEFAULT_WEEKLY_CAP
     enabled: bool = True
     path: Optional[Path] = None
+    # sha256 of the text, for a campaign that came as text (the API) rather than as a file.
+    source_digest: Optional[str] = None
 
     def message_language(self, language: Optional[str]) -> str:
         """The language a contact speaking ``language`` gets: theirs if written, else the fallback."""
@@ -342,6 +347,22 @@ def load_campaigns(directory: Union[str, Path], calendars: Optional[CalendarBook
     return campaigns
 
 
+def load_campaign_text(source: Union[str, bytes], name: str, calendars: Optional[CalendarBook] = None) -> Campaign:
+    """Validate a campaign given as text (e.g. posted to the API) exactly as ``load_campaign``
+    validates a file; ``name`` stands for the file in CampaignError messages.
+
+    The campaign has no ``path``; its ``source_digest`` (sha256 of the text) takes the place of
+    the file's hash in the runs it plans.
+    """
+    raw = source.encode("utf-8") if isinstance(source, str) else source
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CampaignError(name, 1, "campaign", "is not UTF-8 text") from error
+    campaign = _parse(Path(name), text, calendars)[0]
+    return dataclasses.replace(campaign, path=None, source_digest=hashlib.sha256(raw).hexdigest())
+
+
 def _load(path: Path, calendars: Optional[CalendarBook]) -> tuple[Campaign, int]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -349,6 +370,10 @@ def _load(path: Path, calendars: Optional[CalendarBook]) -> tuple[Campaign, int]
         raise CampaignError(path, 1, "campaign", f"cannot be read: {error.strerror or error}") from error
     except UnicodeDecodeError as error:
         raise CampaignError(path, 1, "campaign", "is not UTF-8 text") from error
+    return _parse(path, text, calendars)
+
+
+def _parse(path: Path, text: str, calendars: Optional[CalendarBook]) -> tuple[Campaign, int]:
     try:
         data = YAML(typ="rt").load(text)
     except MarkedYAMLError as error:

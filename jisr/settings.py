@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Web chat sessions are signed with this secret.
     webchat_secret: str = "dev"
 
+    # The campaign API (/api/campaigns) wants `Authorization: Bearer <this>`; unset, it answers 503.
+    operator_api_token: Optional[str] = None
+
     # Flood control: messages a sender may send per minute before a polite "slow down".
     sender_messages_per_minute: int = 20
 
@@ -61,6 +64,9 @@ class Settings(BaseSettings):
             for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token", "webchat_secret")
             if getattr(self, name).strip().lower() in PLACEHOLDER_SECRETS or len(getattr(self, name)) < 8
         ]
+        token = (self.operator_api_token or "").strip()
+        if token.lower() in PLACEHOLDER_SECRETS or len(token) < 8:
+            weak.append("operator_api_token")
         if weak:
             raise ValueError("placeholder secrets refused in production: " + ", ".join("JISR_" + w.upper() for w in weak))
 

@@ -21,6 +21,7 @@ STACK_SECRETS = {
     "twilio_auth_token": "twilio-auth-token",
     "twilio_account_sid": "AC" + "1" * 32,
     "webchat_secret": "webchat-test-secret",
+    "operator_api_token": "operator-test-token",
 }
 
 
@@ -132,6 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             messenger_page_token="page-token",
             graph_api_base=graph_url,
             webchat_secret=s["webchat_secret"],
+            operator_api_token=s["operator_api_token"],
             sender_messages_per_minute=5,
         )
         with _slow_start_server(create_app(settings)) as gateway_url:

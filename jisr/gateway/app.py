@@ -25,6 +25,7 @@ from connectors.types import Channel, InboundEvent, WebhookRequest
 from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
+from jisr.gateway import campaigns_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
@@ -171,7 +172,7 @@ def create_app(
 
     app = FastAPI(
         title="Jisr gateway",
-        description="Webhooks of WhatsApp (Twilio), Telegram and Messenger, and Jisr's web chat.",
+        description="Webhooks of WhatsApp (Twilio), Telegram and Messenger, Jisr's web chat, and the operators' campaign API.",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -267,6 +268,9 @@ def create_app(
                 # client gone away).
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(arrived.wait(), min(LONG_POLL_RECHECK_SECONDS, max(0.0, deadline - loop.time())))
+
+    # -- campaigns (operators) ------------------------------------------------------------
+    app.include_router(campaigns_api.router)
 
     # -- health ---------------------------------------------------------------------------
     @app.get("/health", tags=["operations"], summary="Liveness: the process answers")

@@ -1,0 +1,305 @@
+"""/api/campaigns: the `jisr campaigns` commands over HTTP, for operators' tools.
+
+Every route calls what the command calls (campaigns.definitions, campaigns.planner,
+campaigns.sending, jisr.store.campaigns); only the transport differs: the campaign comes as
+the request body (YAML text) instead of a file, and errors are HTTP statuses with the
+command's message as ``detail``.
+
+Access needs ``Authorization: Bearer <JISR_OPERATOR_API_TOKEN>`` until the operators' console
+brings accounts and roles. Without a token configured the API is closed (503), never open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import io
+from typing import Annotated, Any, Optional
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from campaigns import sending
+from campaigns.definitions import Campaign, CampaignError, load_campaign_text
+from campaigns.planner import parse_now, preview
+from jisr.outbox import Outbox
+from jisr.settings import Settings
+from jisr.store.campaigns import CampaignStore
+
+UTC = dt.timezone.utc
+# Planning far outside the present makes no sense and date arithmetic overflows near year 9999.
+EARLIEST_NOW = dt.datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_NOW = dt.datetime(2100, 1, 1, tzinfo=UTC)
+# A campaign file is a few kilobytes; a body this large is a mistake (or an attack).
+MAX_CAMPAIGN_BYTES = 256 * 1024
+# The name that stands for the file in `<file>:<line>: <field>: <reason>` when none is given.
+DEFAULT_SOURCE_NAME = "campaign.yml"
+MAX_RUN_ID = 2**63 - 1  # run ids are signed 64-bit integers in every database Jisr supports
+
+YAML_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The campaign file's text (see campaigns/examples/*.yml).",
+        "content": {"application/yaml": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+# --- Dependencies ---------------------------------------------------------------------------
+
+
+def get_services(request: Request) -> Any:
+    """The gateway's Services (jisr.gateway.app), started by its lifespan."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        raise HTTPException(503, "starting, retry later", headers={"Retry-After": "5"})
+    return services
+
+
+ServicesDep = Annotated[Any, Depends(get_services)]
+
+
+def get_settings_of_app(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
+
+
+def require_operator(request: Request, settings: SettingsDep) -> None:
+    """The caller holds the operator API token (compared in constant time)."""
+    expected = (settings.operator_api_token or "").strip()
+    if not expected:
+        raise HTTPException(503, "the campaign API is disabled: set JISR_OPERATOR_API_TOKEN")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold anything.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+        raise HTTPException(401, "missing or invalid operator API token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_campaign_store(services: ServicesDep) -> CampaignStore:
+    return CampaignStore(services.store.engine)
+
+
+StoreDep = Annotated[CampaignStore, Depends(get_campaign_store)]
+
+
+def get_outbox(services: ServicesDep) -> Outbox:
+    return services.outbox
+
+
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+
+RunId = Annotated[int, Path(ge=1, le=MAX_RUN_ID, description="a run id, as `schedule` returned it")]
+SourceName = Annotated[
+    str,
+    Query(max_length=200, description="the name that stands for the file in error messages (`<name>:<line>: <field>: <reason>`)"),
+]
+Now = Annotated[
+    Optional[str],
+    Query(max_length=64, description="plan as if it were this moment: ISO date-time, no offset means UTC (default: now)"),
+]
+
+
+async def campaign_body(request: Request, name: SourceName = DEFAULT_SOURCE_NAME) -> Campaign:
+    """The campaign in the body, validated as `jisr campaigns validate` validates a file."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_CAMPAIGN_BYTES:
+            raise HTTPException(413, f"a campaign file holds at most {MAX_CAMPAIGN_BYTES // 1024} KiB")
+        chunks.append(chunk)
+    try:
+        return await asyncio.to_thread(load_campaign_text, b"".join(chunks), name or DEFAULT_SOURCE_NAME)
+    except CampaignError as error:
+        raise HTTPException(422, str(error)) from error
+
+
+CampaignDep = Annotated[Campaign, Depends(campaign_body)]
+
+
+def moment(now: Now = None) -> dt.datetime:
+    try:
+        parsed = parse_now(now)
+        if not EARLIEST_NOW <= parsed < LATEST_NOW:
+            raise ValueError(now)
+    except (ValueError, OverflowError) as error:
+        raise HTTPException(
+            422, f"now takes an ISO date-time between 2000 and 2099 such as 2026-08-20T10:00+02:00, not {now!r}"
+        ) from error
+    return parsed
+
+
+MomentDep = Annotated[dt.datetime, Depends(moment)]
+
+
+def _no_run(run_id: int) -> HTTPException:
+    return HTTPException(404, f"no run {run_id}")
+
+
+def _enabled(campaign: Campaign, what: str) -> None:
+    if not campaign.enabled:
+        raise HTTPException(409, f"campaign {campaign.id} is disabled (enabled: false); nothing {what}")
+
+
+# --- Schemas --------------------------------------------------------------------------------
+
+
+class Valid(BaseModel):
+    valid: bool
+    campaign: str
+
+
+class SummaryPublic(BaseModel):
+    campaign: str
+    now: str
+    occurrences: list[str]
+    planned: int
+    by_country: dict[str, int]
+    by_language: dict[str, int]
+    by_channel: dict[str, int]
+    by_form: dict[str, int]
+    by_occurrence: dict[str, int]
+    excluded: dict[str, int]
+    past: int
+    first_send: Optional[str]
+    last_send: Optional[str]
+    estimated_seconds: float
+    estimated_seconds_by_channel: dict[str, float]
+    seconds: float
+
+
+class PreviewPublic(SummaryPublic):
+    messages: dict[str, str]
+
+
+class SchedulePublic(SummaryPublic):
+    runs: dict[str, int]
+    inserted: int
+    existing: int
+    enqueued: int
+    already_queued: int
+    queued_by_run: dict[int, int]
+
+
+class RunStatus(BaseModel):
+    run: int
+    campaign: str
+    occurrence: str
+    state: str
+    total: int
+    by_status: dict[str, int]
+    by_status_and_reason: dict[str, int]
+    progress: float
+
+
+class RunControl(BaseModel):
+    run: int
+    state: str
+    changed: bool
+
+
+class RunReport(BaseModel):
+    run: int
+    campaign: str
+    occurrence: str
+    state: str
+    total: int
+    planned: int
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+    queued: int
+    failed_by_reason: dict[str, int]
+    skipped_by_reason: dict[str, int]
+    by_country: dict[str, dict[str, int]]
+    by_language: dict[str, dict[str, int]]
+    by_channel: dict[str, dict[str, int]]
+    replied_after: int
+    opted_out_after: int
+
+
+# --- Routes ---------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/campaigns", tags=["campaigns"], dependencies=[Depends(require_operator)])
+
+
+@router.post("/validate", response_model=Valid, summary="Check a campaign file", openapi_extra=YAML_BODY)
+async def validate(campaign: CampaignDep) -> Valid:
+    """200 if Jisr accepts the campaign, else 422 with `<file>:<line>: <field>: <reason>`."""
+    return Valid(valid=True, campaign=campaign.id)
+
+
+@router.post("/preview", response_model=PreviewPublic, summary="What planning would write, without writing", openapi_extra=YAML_BODY)
+async def preview_campaign(campaign: CampaignDep, store: StoreDep, now: MomentDep) -> Any:
+    return (await asyncio.to_thread(preview, campaign, store, now)).as_dict()
+
+
+@router.post("/schedule", response_model=SchedulePublic, summary="Plan, then queue every planned send (idempotent)", openapi_extra=YAML_BODY)
+async def schedule_campaign(campaign: CampaignDep, store: StoreDep, outbox: OutboxDep, now: MomentDep) -> Any:
+    _enabled(campaign, "scheduled")
+    return (await sending.schedule(campaign, store, outbox, now)).as_dict()
+
+
+@router.get("/runs/{run_id}", response_model=RunStatus, summary="A run's sends by status and its progress")
+async def run_status(run_id: RunId, store: StoreDep) -> Any:
+    data = await asyncio.to_thread(sending.status, store, run_id)
+    if data is None:
+        raise _no_run(run_id)
+    return data
+
+
+async def _control(store: CampaignStore, run_id: int, action: str, act: Any) -> RunControl:
+    run = await asyncio.to_thread(store.run, run_id)
+    if run is None:
+        raise _no_run(run_id)
+    changed = await act()
+    if not changed:
+        raise HTTPException(409, f"run {run_id} is {run['state']}: {action} does not apply to a {run['state']} run")
+    state = (await asyncio.to_thread(store.run, run_id))["state"]
+    return RunControl(run=run_id, state=state, changed=True)
+
+
+@router.post("/runs/{run_id}/pause", response_model=RunControl, summary="Pause a run: its queued sends wait")
+async def pause_run(run_id: RunId, store: StoreDep) -> RunControl:
+    return await _control(store, run_id, "pause", lambda: asyncio.to_thread(sending.pause, store, run_id))
+
+
+@router.post("/runs/{run_id}/resume", response_model=RunControl, summary="Resume a paused run")
+async def resume_run(run_id: RunId, store: StoreDep, outbox: OutboxDep) -> RunControl:
+    return await _control(store, run_id, "resume", lambda: sending.resume(store, outbox, run_id))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunControl, summary="Cancel a run: its sends not yet sent are skipped")
+async def cancel_run(run_id: RunId, store: StoreDep, outbox: OutboxDep) -> RunControl:
+    return await _control(store, run_id, "cancel", lambda: sending.cancel(store, outbox, run_id))
+
+
+@router.get("/runs/{run_id}/report", response_model=RunReport, summary="A run's outcomes")
+async def run_report(run_id: RunId, store: StoreDep) -> Any:
+    data = await asyncio.to_thread(sending.report, store, run_id)
+    if data is None:
+        raise _no_run(run_id)
+    return data
+
+
+@router.get(
+    "/runs/{run_id}/report.csv",
+    summary="One row per send of a run (no addresses)",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+async def run_report_csv(run_id: RunId, store: StoreDep) -> Response:
+    out = io.StringIO()
+    data = await asyncio.to_thread(sending.report, store, run_id, out)
+    if data is None:
+        raise _no_run(run_id)
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.csv"'},
+    )
