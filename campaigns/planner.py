@@ -380,6 +380,15 @@ def _expand(
                 yield occurrence, decisions
 
 
+def parse_now(value: Optional[str]) -> dt.datetime:
+    """An ISO date-time given by an operator (``--now``, the API's ``now``); without an offset
+    it is taken as UTC; None is now. ValueError if it is not one."""
+    if value is None:
+        return dt.datetime.now(UTC)
+    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _aware_now(now: Optional[dt.datetime]) -> dt.datetime:
     if now is None:
         return dt.datetime.now(UTC)
@@ -390,6 +399,8 @@ def _aware_now(now: Optional[dt.datetime]) -> dt.datetime:
 
 def source_hash(campaign: Campaign) -> Optional[str]:
     """sha256 of the campaign file, so a run records which version of the file planned it."""
+    if campaign.source_digest is not None:
+        return campaign.source_digest
     if campaign.path is None or not campaign.path.exists():
         return None
     return hashlib.sha256(campaign.path.read_bytes()).hexdigest()
@@ -418,7 +429,7 @@ def preview(
         if first is None and campaign.needs_event:
             break
         result.messages[language] = render(
-            campaign, language, first.event if first else None, first.country if first else (campaign.audience.countries or (None,))[0]
+            campaign, language, first.event if first else None, (first.country if first else None) or (campaign.audience.countries or (None,))[0]
         )
     result.seconds = time.perf_counter() - started
     return result

@@ -114,6 +114,22 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
     return bench_main(options, as_json=args.json)
 
 
+def cmd_bench_campaigns(args: argparse.Namespace) -> int:
+    """A generated campaign planned, sent, rate-limited and crash-resumed against the simulators."""
+    from jisr.bench.campaigns import CampaignBenchOptions, main as bench_main
+
+    options = CampaignBenchOptions(
+        contacts=args.contacts,
+        rate=args.rate,
+        rate_seconds=args.rate_seconds,
+        crash_contacts=args.crash_contacts,
+        max_jobs=args.max_jobs,
+        max_seconds=args.max_seconds,
+        keep_logs=args.keep_logs,
+    )
+    return bench_main(options, as_json=args.json)
+
+
 def _positive(kind: type) -> Any:
     def parse(value: str) -> Any:
         number = kind(value)
@@ -205,12 +221,9 @@ def cmd_campaigns_validate(args: argparse.Namespace) -> int:
 
 def _parse_now(value: Optional[str]) -> Any:
     """--now: an ISO date-time; without an offset it is taken as UTC."""
-    import datetime as dt
+    from campaigns.planner import parse_now
 
-    if value is None:
-        return dt.datetime.now(dt.timezone.utc)
-    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return parse_now(value)
 
 
 def _load_for_planning(args: argparse.Namespace) -> Any:
@@ -570,6 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' logs to DIR at the end")
     gateway.add_argument("--json", action="store_true", help="machine-readable output")
     gateway.set_defaults(func=cmd_bench_gateway)
+    bench_campaigns = bench_sub.add_parser(
+        "campaigns",
+        help="a generated campaign against the provider simulators: plan time, send throughput (2 workers), rate accuracy, kill -9 and resume",
+    )
+    bench_campaigns.add_argument("--contacts", type=_positive(int), default=100_000, help="generated contacts (default 100000)")
+    bench_campaigns.add_argument("--rate", type=_positive(float), default=200.0, help="configured telegram rate of the rate phase, per second (default 200)")
+    bench_campaigns.add_argument("--rate-seconds", type=_positive(float), default=20.0, help="length of the rate phase at that rate, seconds (default 20)")
+    bench_campaigns.add_argument("--crash-contacts", type=_positive(int), default=10_000, help="contacts of the kill -9 phase (default 10000, at most --contacts)")
+    bench_campaigns.add_argument("--max-jobs", type=_positive(int), default=50, help="jobs in flight per worker (default 50)")
+    bench_campaigns.add_argument("--max-seconds", type=_positive(float), default=1800.0, help="stop the whole run after this long (default 1800)")
+    bench_campaigns.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the workers' and simulators' logs to DIR at the end")
+    bench_campaigns.add_argument("--json", action="store_true", help="machine-readable output")
+    bench_campaigns.set_defaults(func=cmd_bench_campaigns)
 
     contacts = sub.add_parser("contacts", help="import and export contact lists (CSV) on DATABASE_URL")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
