@@ -4,6 +4,7 @@ gateway (with the provider simulators) shared by every end-to-end test file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from pathlib import Path
 from typing import Any, Iterator
@@ -99,6 +100,42 @@ def _slow_start_server(app: Any, start_timeout: float = 180.0) -> Any:
     return SlowStartServer(app)
 
 
+@contextlib.contextmanager
+def provider_simulators() -> Iterator[dict[str, str]]:
+    """The Twilio, Telegram and Graph simulators, each on its own localhost port, with the test secrets."""
+    from jisr.simulators import graph, telegram, twilio
+    from jisr.simulators.server import BackgroundServer
+
+    s = STACK_SECRETS
+    with BackgroundServer(twilio.create_app(auth_token=s["twilio_auth_token"], account_sid=s["twilio_account_sid"])) as twilio_url, BackgroundServer(
+        telegram.create_app(token=s["telegram_token"])
+    ) as telegram_url, BackgroundServer(
+        graph.create_app(page_token="page-token", app_secret=s["messenger_app_secret"], verify_token=s["messenger_verify_token"])
+    ) as graph_url:
+        yield {"twilio": twilio_url, "telegram": telegram_url, "graph": graph_url}
+
+
+def simulator_settings(urls: dict[str, str], **overrides: Any) -> Any:
+    """Settings that point every channel at the simulators in ``urls``, with the test secrets."""
+    from jisr.settings import Settings
+
+    s = STACK_SECRETS
+    return Settings(
+        twilio_account_sid=s["twilio_account_sid"],
+        twilio_auth_token=s["twilio_auth_token"],
+        twilio_api_base=urls["twilio"],
+        telegram_bot_token=s["telegram_token"],
+        telegram_secret_token=s["telegram_secret"],
+        telegram_api_base=urls["telegram"],
+        messenger_app_secret=s["messenger_app_secret"],
+        messenger_verify_token=s["messenger_verify_token"],
+        messenger_page_token="page-token",
+        graph_api_base=urls["graph"],
+        webchat_secret=s["webchat_secret"],
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real gateway server (model, embedded Redis, SQLite, reply worker) wired to the three
@@ -107,34 +144,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     Yields the base URLs ("gateway", "twilio", "telegram", "graph") and the secrets (STACK_SECRETS).
     """
     from jisr.gateway.app import create_app
-    from jisr.settings import Settings
-    from jisr.simulators import graph, telegram, twilio
-    from jisr.simulators.server import BackgroundServer
 
     s = STACK_SECRETS
     tmp: Path = tmp_path_factory.mktemp("gateway")
-    with BackgroundServer(twilio.create_app(auth_token=s["twilio_auth_token"], account_sid=s["twilio_account_sid"])) as twilio_url, BackgroundServer(
-        telegram.create_app(token=s["telegram_token"])
-    ) as telegram_url, BackgroundServer(
-        graph.create_app(page_token="page-token", app_secret=s["messenger_app_secret"], verify_token=s["messenger_verify_token"])
-    ) as graph_url:
-        settings = Settings(
+    with provider_simulators() as urls:
+        settings = simulator_settings(
+            urls,
             database_url=f"sqlite:///{tmp / 'jisr.db'}",
             redis_url=None,
             var_dir=tmp,
-            twilio_account_sid=s["twilio_account_sid"],
-            twilio_auth_token=s["twilio_auth_token"],
-            twilio_api_base=twilio_url,
-            telegram_bot_token=s["telegram_token"],
-            telegram_secret_token=s["telegram_secret"],
-            telegram_api_base=telegram_url,
-            messenger_app_secret=s["messenger_app_secret"],
-            messenger_verify_token=s["messenger_verify_token"],
-            messenger_page_token="page-token",
-            graph_api_base=graph_url,
-            webchat_secret=s["webchat_secret"],
             operator_api_token=s["operator_api_token"],
             sender_messages_per_minute=5,
         )
+        twilio_url, telegram_url, graph_url = urls["twilio"], urls["telegram"], urls["graph"]
         with _slow_start_server(create_app(settings)) as gateway_url:
             yield {"gateway": gateway_url, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url, "database_url": settings.database_url, **s}

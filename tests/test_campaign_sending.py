@@ -27,11 +27,10 @@ from campaigns.definitions import load_campaign
 from jisr.channels import build_connectors
 from jisr.outbox import BULK_QUEUE, Outbox, SendContext, build_worker
 from jisr.redisconn import connect_redis
-from jisr.settings import Settings
 from jisr.store import schema
 from jisr.store.campaigns import CampaignStore
 from jisr.store.contacts import ContactStore, create_db_engine
-from tests.conftest import STACK_SECRETS
+from tests.conftest import provider_simulators, simulator_settings
 
 UTC = dt.timezone.utc
 SID = "HX" + "2" * 32
@@ -48,32 +47,11 @@ SEND_AT = dt.datetime.combine(DAY, dt.time(12, 0), tzinfo=PARIS).astimezone(UTC)
 
 @pytest.fixture(scope="module")
 def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from jisr.simulators import graph, telegram, twilio
-    from jisr.simulators.server import BackgroundServer
-
-    s = STACK_SECRETS
     tmp = tmp_path_factory.mktemp("campaign-sending")
     handle = connect_redis(None, name="campaign-redis", directory=tmp)
-    with BackgroundServer(twilio.create_app(auth_token=s["twilio_auth_token"], account_sid=s["twilio_account_sid"])) as twilio_url, BackgroundServer(
-        telegram.create_app(token=s["telegram_token"])
-    ) as telegram_url, BackgroundServer(
-        graph.create_app(page_token="page-token", app_secret=s["messenger_app_secret"], verify_token=s["messenger_verify_token"])
-    ) as graph_url:
-        settings = Settings(
-            redis_url=handle.url,
-            var_dir=tmp,
-            twilio_account_sid=s["twilio_account_sid"],
-            twilio_auth_token=s["twilio_auth_token"],
-            twilio_api_base=twilio_url,
-            telegram_bot_token=s["telegram_token"],
-            telegram_secret_token=s["telegram_secret"],
-            telegram_api_base=telegram_url,
-            messenger_app_secret=s["messenger_app_secret"],
-            messenger_verify_token=s["messenger_verify_token"],
-            messenger_page_token="page-token",
-            graph_api_base=graph_url,
-            webchat_secret=s["webchat_secret"],
-        )
+    with provider_simulators() as urls:
+        settings = simulator_settings(urls, redis_url=handle.url, var_dir=tmp)
+        twilio_url, telegram_url, graph_url = urls["twilio"], urls["telegram"], urls["graph"]
         yield {"redis": handle, "settings": settings, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url, "tmp": tmp}
     handle.close()
 
