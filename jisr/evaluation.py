@@ -20,10 +20,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from jisr.assistant.runtime import top_intent
 from jisr.paths import HELDOUT_DIR, LANGUAGE_FORMS, reply_language_of
-
-FALLBACK_INTENT = "nlu_fallback"
-
 
 @dataclass(frozen=True)
 class HeldOutMessage:
@@ -122,13 +120,6 @@ class EvaluationReport:
                 yield message, predicted
 
 
-def _top_intent(parse: dict[str, Any]) -> str:
-    for candidate in parse.get("intent_ranking") or []:
-        if candidate.get("name") != FALLBACK_INTENT:
-            return str(candidate.get("name"))
-    return str((parse.get("intent") or {}).get("name"))
-
-
 def _predict_intents(model_path: Path, texts: list[str]) -> list[str]:
     from rasa.core.agent import Agent
 
@@ -138,7 +129,7 @@ def _predict_intents(model_path: Path, texts: list[str]) -> list[str]:
     agent = Agent.load(str(model_path))
 
     async def parse_all() -> list[str]:
-        return [_top_intent(await agent.parse_message(text)) for text in texts]
+        return [str(top_intent(await agent.parse_message(text))[0]) for text in texts]
 
     return asyncio.run(parse_all())
 

@@ -7,6 +7,7 @@ data and are never trained on (test_nlu_data checks they do not leak).
 
 import pytest
 
+from jisr.assistant.runtime import top_intent
 from jisr.evaluation import accuracy, load_heldout
 from jisr.language.detector import default_detector
 from jisr.paths import LANGUAGE_FORMS, reply_language_of
@@ -19,9 +20,7 @@ def predictions(assistant, event_loop_for_session):
     async def parse_all():
         out = []
         for m in messages:
-            parse = await assistant.parse(m.text)
-            ranking = [c["name"] for c in parse["intent_ranking"] if c["name"] != "nlu_fallback"]
-            out.append(ranking[0])
+            out.append(top_intent(await assistant.parse(m.text))[0])
         return out
 
     return messages, event_loop_for_session.run_until_complete(parse_all())

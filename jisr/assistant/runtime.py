@@ -113,7 +113,7 @@ class Assistant:
 
         tracker = await self.agent.tracker_store.retrieve(sender)
         parse = tracker.latest_message.parse_data if tracker else {}
-        intent, confidence = _top_intent(parse)
+        intent, confidence = top_intent(parse)
         replies = [
             Reply(m.get("text") or "", [{"title": b.get("title", ""), "payload": b.get("payload", "")} for b in m.get("buttons") or []])
             for m in output.messages
@@ -145,7 +145,7 @@ class Assistant:
         )
 
 
-def _top_intent(parse: dict[str, Any]) -> tuple[Optional[str], float]:
+def top_intent(parse: dict[str, Any]) -> tuple[Optional[str], float]:
     """The classifier's best real intent (the fallback marker is a decision, not an intent)."""
     for candidate in parse.get("intent_ranking") or []:
         if candidate.get("name") != FALLBACK_INTENT:
