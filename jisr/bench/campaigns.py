@@ -44,6 +44,7 @@ from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
 from jisr.bench.gateway import LOOPBACK, ManagedProcess, _STARTED, _base_env, _stop_all, free_port
+from jisr.bench import run_bounded
 from jisr.paths import PROJECT_ROOT
 
 UTC = dt.timezone.utc
@@ -558,37 +559,7 @@ async def run_bench(options: CampaignBenchOptions, progress: Any = None) -> Camp
 
 def main(options: CampaignBenchOptions, as_json: bool = False) -> int:
     """Run the benchmark within ``options.max_seconds``; every process started is stopped on any exit."""
-
-    def progress(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    async def bounded() -> CampaignBenchReport:
-        return await asyncio.wait_for(run_bench(options, progress), options.max_seconds)
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        report = asyncio.run(bounded())
-    except asyncio.TimeoutError:
-        print(f"jisr bench campaigns: stopped after {options.max_seconds:.0f} s (--max-seconds)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("jisr bench campaigns: interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as error:
-        print(f"jisr bench campaigns: {error}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str))
-    else:
-        print(report.as_table())
-    return 0
+    return run_bounded("jisr bench campaigns", lambda progress: run_bench(options, progress), options.max_seconds, as_json)
 
 
 atexit.register(lambda: _stop_all([p for p in _STARTED if p.alive()]))

@@ -36,7 +36,6 @@ import asyncio
 import atexit
 import contextlib
 import itertools
-import json
 import math
 import os
 import shutil
@@ -53,6 +52,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from jisr.bench import run_bounded
 from jisr.paths import HELDOUT_DIR, LANGUAGE_FORMS, PROJECT_ROOT
 
 P95_TARGET_MS = 150.0
@@ -862,40 +862,4 @@ atexit.register(lambda: _stop_all([p for p in _STARTED if p.alive()]))
 
 def main(options: BenchOptions, as_json: bool = False) -> int:
     """Run the benchmark within ``options.max_seconds``; every process started is stopped on any exit."""
-
-    def progress(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    async def bounded() -> BenchReport:
-        return await asyncio.wait_for(run_bench(options, progress), options.max_seconds)
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # unwinds through the finally blocks that stop the servers
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
-        report = asyncio.run(bounded())
-    except asyncio.TimeoutError:
-        print(f"jisr bench: stopped after {options.max_seconds:.0f} s (--max-seconds)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("jisr bench: interrupted; the servers were stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as error:
-        print(f"jisr bench: {error}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
-    else:
-        print(report.as_table())
-    return 0
+    return run_bounded("jisr bench gateway", lambda progress: run_bench(options, progress), options.max_seconds, as_json, use_uvloop=True)
