@@ -258,9 +258,11 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
             logger.warning("channel %s throttled: pausing %.1f s", job.channel, pause)
             raise Retry(defer=pause) from error
         except ContactStopped as error:
-            await _fail_rest(store, job, error.code or "contact_stopped", tries)
+            # The opt-out is recorded before the failure: whoever sees the failed send
+            # (a status page, a test, an operator) then also sees the contact opted out.
             if job.contact_id:
                 await asyncio.to_thread(store.record_consent, job.contact_id, "opted_out", "platform", f"provider refusal {error.code or ''}".strip(), job.channel)
+            await _fail_rest(store, job, error.code or "contact_stopped", tries)
             logger.info("contact stopped the bot on %s: opted out", job.channel)
             return "contact stopped"
         except SendError as error:
