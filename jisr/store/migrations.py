@@ -107,11 +107,119 @@ def _v4_campaign_send_outcomes(conn: Connection) -> None:
     conn.execute(sa.text(f"CREATE INDEX {quote('ix_campaign_sends_provider_message_id')} ON {quote('campaign_sends')} ({quote('provider_message_id')})"))
 
 
+def _add_missing_columns(conn: Connection, table: str, columns: tuple[tuple[str, sa.types.TypeEngine], ...]) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for those not there yet (a database created after schema.py
+    gained them got them from step 1 already). Returns the names added."""
+    quote = conn.dialect.identifier_preparer.quote
+    existing = {column["name"] for column in sa.inspect(conn).get_columns(table)}
+    added = []
+    for name, column_type in columns:
+        if name not in existing:
+            compiled = column_type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {compiled}"))
+            added.append(name)
+    return added
+
+
+# Steps 5 and 6, frozen copies (schema.py holds the live ones).
+_v5_metadata = sa.MetaData()
+_v5_accounts = sa.Table(
+    "accounts",
+    _v5_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(120), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("countries", sa.String(255), nullable=False, server_default=""),
+    sa.Column("languages", sa.String(64), nullable=False, server_default=""),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("password_changed_at", sa.DateTime(timezone=True)),
+)
+_v5_api_tokens = sa.Table(
+    "api_tokens",
+    _v5_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+_v5_audit_log = sa.Table(
+    "audit_log",
+    _v5_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL")),
+    sa.Column("action", sa.String(48), nullable=False),
+    sa.Column("target_kind", sa.String(24)),
+    sa.Column("target_id", sa.String(64)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("detail", sa.Text),
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_target", "target_kind", "target_id"),
+)
+
+
+def _v5_accounts_tokens_audit(conn: Connection) -> None:
+    _v5_metadata.create_all(conn)
+
+
+_v6_metadata = sa.MetaData()
+sa.Table("contacts", _v6_metadata, sa.Column("id", sa.Integer, primary_key=True))
+sa.Table("accounts", _v6_metadata, sa.Column("id", sa.Integer, primary_key=True))
+_v6_handoffs = sa.Table(
+    "handoffs",
+    _v6_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("country", sa.String(2)),
+    sa.Column("language", sa.String(8)),
+    sa.Column("role", sa.String(16)),
+    sa.Column("topics", sa.Text),
+    sa.Column("assigned_to", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL"), index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("first_response_at", sa.DateTime(timezone=True)),
+    sa.Column("escalated_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("last_inbound_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_handoffs_status_priority", "status", "priority", "created_at"),
+)
+_v6_handoff_notes = sa.Table(
+    "handoff_notes",
+    _v6_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("handoff_id", sa.Integer, sa.ForeignKey("handoffs.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL")),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _v6_handoffs_and_message_authors(conn: Connection) -> None:
+    added = _add_missing_columns(conn, "messages", (("author_account_id", sa.Integer()), ("handoff_id", sa.Integer())))
+    if "handoff_id" in added:
+        quote = conn.dialect.identifier_preparer.quote
+        conn.execute(sa.text(f"CREATE INDEX {quote('ix_messages_handoff_id')} ON {quote('messages')} ({quote('handoff_id')})"))
+    _v6_handoffs.create(conn)
+    _v6_handoff_notes.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
     (3, "campaign runs and their planned sends", _v3_campaign_runs_and_sends),
     (4, "campaign sends: provider message id, attempts, sent_at", _v4_campaign_send_outcomes),
+    (5, "accounts, API tokens and the audit log", _v5_accounts_tokens_audit),
+    (6, "handoffs to mediators, their notes; messages.author_account_id and handoff_id", _v6_handoffs_and_message_authors),
 ]
 
 

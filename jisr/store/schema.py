@@ -75,6 +75,8 @@ messages = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("author_account_id", sa.Integer),                            # step 6: the mediator who wrote an outbound message (None: the bot)
+    sa.Column("handoff_id", sa.Integer, index=True),                       # step 6: the handoff the message belongs to, if any
 )
 
 # Every consent change, kept forever beside contacts.consent (which holds only the latest):
@@ -137,4 +139,88 @@ campaign_sends = sa.Table(
     sa.Index("ix_campaign_sends_run_status", "run_id", "status"),
     # The weekly cap counts a contact's sends around a time.
     sa.Index("ix_campaign_sends_contact_scheduled", "contact_id", "scheduled_at"),
+)
+
+
+# --- Accounts, API tokens and the audit log (step 5) ---------------------------------------
+# People who use the consoles. Families are contacts, never accounts.
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(120), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),              # "scrypt$n$r$p$salt$hash", never the password
+    sa.Column("role", sa.String(16), nullable=False),                      # admin | operator | mediator
+    sa.Column("countries", sa.String(255), nullable=False, server_default=""),  # "FR,BE"; "*" = every country
+    sa.Column("languages", sa.String(64), nullable=False, server_default=""),   # "fr,ar" (ary is read by ar speakers)
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("password_changed_at", UtcDateTime()),
+)
+
+# Tokens for automation: only a hash is stored; the token is shown once when created.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(80), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),     # sha256 hex of the token
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_used_at", UtcDateTime()),
+    sa.Column("revoked_at", UtcDateTime()),
+)
+
+# Every read of a family's conversation and every action on it, by whom. No message text here.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL")),
+    sa.Column("action", sa.String(48), nullable=False),                    # login | login_failed | handoff.read | handoff.reply | …
+    sa.Column("target_kind", sa.String(24)),                               # handoff | contact | campaign | account
+    sa.Column("target_id", sa.String(64)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("detail", sa.Text),                                          # short JSON, never message text or addresses
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_target", "target_kind", "target_id"),
+)
+
+
+# --- Handoffs to mediators (step 6) -----------------------------------------------------------
+# One row per time a conversation is handed to a person; a contact has at most one open
+# (waiting or assigned) handoff at a time.
+handoffs = sa.Table(
+    "handoffs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),                    # waiting | assigned | handed_back | resolved
+    sa.Column("reason", sa.String(32), nullable=False),                    # request | not_understood | dropout | school_conflict | discrimination | harassment | safety
+    sa.Column("priority", sa.Integer, nullable=False),                     # 1 = most urgent (a child's safety)
+    sa.Column("country", sa.String(2)),                                    # copied from the contact when opened: access control and figures
+    sa.Column("language", sa.String(8)),
+    sa.Column("role", sa.String(16)),
+    sa.Column("topics", sa.Text),                                          # JSON list of intents seen in the conversation
+    sa.Column("assigned_to", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL"), index=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("claimed_at", UtcDateTime()),
+    sa.Column("first_response_at", UtcDateTime()),
+    sa.Column("escalated_at", UtcDateTime()),
+    sa.Column("ended_at", UtcDateTime()),
+    sa.Column("last_inbound_at", UtcDateTime()),                           # the family's latest message while held
+    sa.Index("ix_handoffs_status_priority", "status", "priority", "created_at"),
+)
+
+handoff_notes = sa.Table(
+    "handoff_notes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("handoff_id", sa.Integer, sa.ForeignKey("handoffs.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="SET NULL")),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
 )
