@@ -47,3 +47,49 @@ def webchat_inbox(session_id: str) -> str:
 # Pub/sub channel (not a key): the session id of every web chat inbox that just got a message,
 # so a waiting long poll answers at once instead of re-reading the inbox on a timer.
 WEBCHAT_ARRIVALS = f"{PREFIX}webchat-arrivals"
+
+
+def session(session_digest: str) -> str:
+    """A console session, by the sha256 of its id (a Redis dump holds no usable cookie)."""
+    return f"{PREFIX}session:{session_digest}"
+
+
+def account_sessions(account_id: int) -> str:
+    """The session digests of one account: ended together on deactivation or a new password."""
+    return f"{PREFIX}account-sessions:{account_id}"
+
+
+def login_failures(kind: str, subject_hash: str) -> str:
+    """Sorted set of recent failed logins (scores: times) per username or per client (kind)."""
+    return f"{PREFIX}login-failures:{kind}:{subject_hash}"
+
+
+# Rasa's own keys, as its RedisTrackerStore and RedisLockStore (key_prefix "jisr") write them,
+# in the Redis databases jisr.gateway.app.start_services gives them: the privacy code reads
+# and erases one conversation's state by these names.
+RASA_TRACKER_DB = 1
+RASA_LOCK_DB = 2
+
+
+def rasa_tracker(sender_id: str) -> str:
+    """A conversation's tracker (every event, message texts included); the sender id is the address."""
+    return f"jisr:tracker:{sender_id}"
+
+
+def rasa_lock(sender_id: str) -> str:
+    return f"jisr:lock:{sender_id}"
+
+
+def attempts(part_key: str) -> str:
+    """Provider calls made for one message part (jisr.outbox counts them)."""
+    return f"{PREFIX}attempts:{part_key}"
+
+
+def disclosure_claim(address_hash: str) -> str:
+    """Set for a few minutes when a reply discloses the bot: two first messages arriving at
+    once from a new family get the disclosure once."""
+    return f"{PREFIX}disclosed:{address_hash}"
+
+
+# Held by the gateway process that runs the daily retention purge (the others skip it).
+PURGE_LOCK = f"{PREFIX}privacy:purge-lock"

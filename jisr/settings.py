@@ -45,6 +45,25 @@ class Settings(BaseSettings):
     # Flood control: messages a sender may send per minute before a polite "slow down".
     sender_messages_per_minute: int = 20
 
+    # Console sessions (jisr.auth): ended after this long without a request, and in any case
+    # this long after signing in (a stolen cookie does not live for ever).
+    session_idle_minutes: int = 8 * 60
+    session_absolute_hours: int = 12
+    # Failed logins allowed per username and per client address within the window; beyond, 429.
+    login_failures_per_username: int = 5
+    login_failures_per_client: int = 30
+    login_failure_window_minutes: int = 15
+
+    # Privacy (docs/privacy.md). Logs name a family by an HMAC of its address with this key (a
+    # plain hash of a phone number is reversed by trying every number); the suppression list of
+    # forgotten addresses uses it too, so changing it forgets the list.
+    log_pseudonym_key: str = "dev"
+    # Conversation content (message texts, media, mediators' notes, idle Rasa trackers) is
+    # emptied after this many days; the rows with intent, language, status and times stay.
+    retention_days: int = 180
+    # A family silent this long is told again, in its first reply, that it talks to a bot.
+    disclosure_after_silence_days: int = 30
+
     class Config:
         env_prefix = "JISR_"
         fields = {"database_url": {"env": ["JISR_DATABASE_URL", "DATABASE_URL"]}, "redis_url": {"env": ["JISR_REDIS_URL", "REDIS_URL"]}}
@@ -55,13 +74,19 @@ class Settings(BaseSettings):
             raise ValueError("JISR_ENV is development or production")
         return value
 
+    @validator("retention_days", "disclosure_after_silence_days")
+    def _at_least_a_day(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1 (days)")
+        return value
+
     def check_secrets(self) -> None:
         """Refuse to start in production with a placeholder secret."""
         if self.env != "production":
             return
         weak = [
             name
-            for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token", "webchat_secret")
+            for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token", "webchat_secret", "log_pseudonym_key")
             if getattr(self, name).strip().lower() in PLACEHOLDER_SECRETS or len(getattr(self, name)) < 8
         ]
         token = (self.operator_api_token or "").strip()
