@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from connectors.types import InboundEvent, InboundMessage, MediaKind, StatusUpdate
 from jisr import keys
-from jisr.assistant.runtime import Assistant, Reply, Turn
+from jisr.assistant.runtime import FALLBACK_INTENT, Assistant, Reply, Turn
 from jisr.content import ReplyBook, default_reply_book
 from jisr.outbox import Outbox, SendJob, reply_key
 from jisr.store.contacts import PROFILE_FIELDS, Contact, ContactStore
@@ -123,7 +123,10 @@ class Gateway:
         if not contact.language and message.language_hint:
             hints.setdefault("language", message.language_hint.split("-")[0])
         turn = await self.assistant.handle(contact.address, text, hints)
-        await asyncio.to_thread(self.store.set_understanding, message_id, turn.intent, turn.language)
+        # A fallback is logged as the fallback marker, not as the guessed intent: the indicators
+        # count these as questions the assistant could not answer (jisr/indicators.py).
+        logged_intent = FALLBACK_INTENT if turn.fell_back else turn.intent
+        await asyncio.to_thread(self.store.set_understanding, message_id, logged_intent, turn.language)
         learned = {name: turn.slots.get(name) for name in PROFILE_FIELDS}
         learned["language"] = turn.slots.get("language")
         if any(learned.values()):
