@@ -1,0 +1,97 @@
+"""Mediators' working hours: is someone at work now, and when does the next shift start?
+
+Computed in the country's own time zone (DST-safe through zoneinfo), then told to the family in
+*its* local time, which may differ (a family in Spain whose conversation is followed from Paris).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Optional
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date
+
+from jisr.content import ReplyBook
+from jisr.mediation.config import WorkingHours
+from jisr.paths import REPLY_LANGUAGES
+
+# Less than this left in a shift: promise the next shift rather than "today".
+LAST_CALL = dt.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Eta:
+    """Roughly when a person answers: within ``hours`` hours, today before ``at``, or at ``at`` (next shift)."""
+
+    kind: str                         # within | today | next_shift
+    at: Optional[dt.datetime] = None  # aware: the shift's end (today) or the next shift's start
+    hours: int = 0                    # for "within"
+
+
+def _shift(hours: WorkingHours, day: dt.date, time: dt.time) -> dt.datetime:
+    return dt.datetime.combine(day, time, tzinfo=hours.zone)
+
+
+def next_shift_start(hours: WorkingHours, now: dt.datetime) -> dt.datetime:
+    """The first shift start strictly after ``now`` (aware, in the mediators' zone)."""
+    local = now.astimezone(hours.zone)
+    for offset in range(8):
+        day = local.date() + dt.timedelta(days=offset)
+        if day.weekday() in hours.days:
+            start = _shift(hours, day, hours.start)
+            if start > local:
+                return start
+    raise AssertionError("a week always holds a working day")  # config requires at least one day
+
+
+def open_now(hours: WorkingHours, now: dt.datetime) -> bool:
+    local = now.astimezone(hours.zone)
+    return local.weekday() in hours.days and hours.start <= local.time() < hours.end
+
+
+def eta(hours: WorkingHours, now: dt.datetime, expected: dt.timedelta) -> Eta:
+    if open_now(hours, now):
+        local = now.astimezone(hours.zone)
+        end = _shift(hours, local.date(), hours.end)
+        left = end - local
+        if left >= expected:
+            return Eta("within", hours=max(1, math.ceil(expected.total_seconds() / 3600)))
+        if left >= LAST_CALL:
+            return Eta("today", at=end)
+    return Eta("next_shift", at=next_shift_start(hours, now))
+
+
+def family_zone(timezone: Optional[str], hours: WorkingHours) -> ZoneInfo:
+    """The family's own zone when known (contacts.timezone), else the mediators' country zone."""
+    if timezone:
+        try:
+            return ZoneInfo(timezone)
+        except Exception:
+            pass
+    return hours.zone
+
+
+def eta_text(replies: ReplyBook, language: str, when: Eta, zone: ZoneInfo, now: dt.datetime) -> str:
+    """The sentence saying when a person answers, in the family's language and local time."""
+    if when.kind == "within":
+        counts = replies.raw("handoff_hours", language)
+        form = "one" if when.hours == 1 else "two" if when.hours == 2 else "many"
+        duration = str(counts[form]).format(n=when.hours)
+        return replies.text("handoff_eta_within", language, duration=duration)
+    assert when.at is not None
+    local = when.at.astimezone(zone)
+    time = local.strftime("%H:%M")
+    if when.kind == "today":
+        return replies.text("handoff_eta_today", language, time=time)
+    days = replies.raw("handoff_days", language)
+    today = now.astimezone(zone).date()
+    if local.date() == today:
+        day = str(days["today"])
+    elif local.date() == today + dt.timedelta(days=1):
+        day = str(days["tomorrow"])
+    else:
+        day = format_date(local.date(), format="EEEE", locale=language if language in REPLY_LANGUAGES else "fr")
+    return replies.text("handoff_eta_next_shift", language, day=day, time=time)
