@@ -25,6 +25,7 @@ from connectors.types import Channel, InboundEvent, WebhookRequest
 from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
+from jisr.console.routes import install as install_consoles
 from jisr.gateway import campaigns_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
@@ -271,6 +272,9 @@ def create_app(
 
     # -- campaigns (operators) ------------------------------------------------------------
     app.include_router(campaigns_api.router)
+
+    # -- consoles (mediators, operators): pages and their static files ---------------------
+    install_consoles(app)
 
     # -- health ---------------------------------------------------------------------------
     @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
