@@ -182,7 +182,7 @@
   // --- The nav bar -----------------------------------------------------------------------------
   async function logout() {
     try {
-      await api('POST', '/console/logout', undefined, { handles: [401] });
+      await api('POST', '/api/auth/logout', undefined, { handles: [401] });
     } catch (error) { /* already signed out, or the server is down: go to the login page anyway */ }
     location.assign('/console/login');
   }
