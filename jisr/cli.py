@@ -682,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exports.add_argument("--output", "-o", type=Path, help="write to this file (created readable by you only) instead of stdout")
     exports.set_defaults(func=cmd_contacts_export)
+
+    from jisr.auth.cli import add_parser as add_accounts_parser  # `jisr accounts …` lives with the accounts
+
+    add_accounts_parser(sub)
     return parser
 
 

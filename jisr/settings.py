@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     # Web chat sessions are signed with this secret.
     webchat_secret: str = "dev"
 
-    # The campaign API (/api/campaigns) wants `Authorization: Bearer <this>`; unset, it answers 503.
+    # Legacy shared token for the campaign API (/api/campaigns): `Authorization: Bearer <this>` acts
+    # as an operator covering every country. Optional: accounts have their own API tokens.
     operator_api_token: Optional[str] = None
 
     # Flood control: messages a sender may send per minute before a polite "slow down".
@@ -89,8 +90,10 @@ class Settings(BaseSettings):
             for name in ("twilio_auth_token", "telegram_secret_token", "messenger_app_secret", "messenger_verify_token", "messenger_page_token", "webchat_secret", "log_pseudonym_key")
             if getattr(self, name).strip().lower() in PLACEHOLDER_SECRETS or len(getattr(self, name)) < 8
         ]
+        # The shared campaign token is optional since accounts have their own API tokens (jisr.auth);
+        # when set, it must be a real secret.
         token = (self.operator_api_token or "").strip()
-        if token.lower() in PLACEHOLDER_SECRETS or len(token) < 8:
+        if token and (token.lower() in PLACEHOLDER_SECRETS or len(token) < 8):
             weak.append("operator_api_token")
         if weak:
             raise ValueError("placeholder secrets refused in production: " + ", ".join("JISR_" + w.upper() for w in weak))

@@ -15,13 +15,13 @@ Missing or invalid: 401 with ``WWW-Authenticate: Bearer``.
 
 CSRF is folded into ``current_account``: a request authenticated by the session cookie whose
 method changes state (POST, PUT, PATCH, DELETE) must carry the session's CSRF token in the
-``X-CSRF-Token`` header (pages get it from GET /api/auth/me) or, for a plain HTML form, in a
-``csrf_token`` form field; else 403. A browser sends the cookie by itself to any site's form,
+``X-CSRF-Token`` header (pages get it from GET /api/auth/me) or, for a plain HTML form
+(url-encoded), in a ``csrf_token`` form field; else 403. A browser sends the cookie by itself to any site's form,
 never a header or a field it does not know. Bearer requests are exempt: no browser adds an
 ``Authorization`` header on its own.
 
-The account is re-read from SQL on every request, so a deactivated account or a changed role
-takes effect at once, even for a session opened before.
+The account is re-read from SQL on every request, so a deactivated account, a changed role or
+a new password (which ends older sessions) takes effect at once, even from the CLI.
 
 ``page_account`` is ``current_account`` for HTML pages: instead of a 401 it redirects to the
 login page (and comes back after).
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, HTTPException, Request
 
@@ -44,7 +44,8 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 LOGIN_PAGE = "/console/login"
 UNAUTHORIZED = "sign in, or send Authorization: Bearer <API token>"
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 16 * 1024
 
 
 def get_auth(request: Request) -> AuthService:
@@ -75,13 +76,32 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def read_form(request: Request) -> dict[str, str]:
+    """An HTML form's fields (application/x-www-form-urlencoded; the first value of each name).
+
+    Parsed here rather than by Starlette, which needs python-multipart for any form; console
+    forms are small, so the body is capped. Starlette keeps the body on the request, so the
+    route can read it again after the CSRF check did.
+    """
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM_TYPE:
+        raise HTTPException(415, f"this form is sent as {FORM_TYPE}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"a form holds at most {MAX_FORM_BYTES // 1024} KiB")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"a form holds at most {MAX_FORM_BYTES // 1024} KiB")
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise HTTPException(400, "the form is not valid UTF-8 url-encoded text") from error
+    return {name: values[0] for name, values in fields.items()}
+
+
 async def _check_csrf(request: Request, session: Session) -> None:
     given = request.headers.get(CSRF_HEADER)
-    if given is None and request.headers.get("content-type", "").split(";")[0].strip().lower() in FORM_TYPES:
-        # Starlette keeps the parsed form on the request, so the route can read it again.
-        form = await request.form()
-        value = form.get(CSRF_FIELD)
-        given = value if isinstance(value, str) else None
+    if given is None and request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_TYPE:
+        given = (await read_form(request)).get(CSRF_FIELD)
     if not session.csrf_matches(given):
         raise HTTPException(
             403,
@@ -111,10 +131,14 @@ async def current_account(request: Request) -> Account:
     session = await auth.sessions.get(session_id)
     if session is None:
         raise unauthorized("your session has ended: sign in again")
-    account = await asyncio.to_thread(auth.accounts.get, session.account_id)
-    if account is None or not account.active:
+    state = await asyncio.to_thread(auth.accounts.with_password_stamp, session.account_id)
+    if state is None or not state[0].active:
         await auth.end_sessions(session.account_id)
         raise unauthorized("this account is deactivated")
+    account, password_stamp = state
+    if password_stamp != session.password_stamp:
+        await auth.sessions.end(session.id, session.account_id)
+        raise unauthorized("the password changed: sign in again")
     if request.method.upper() not in SAFE_METHODS:
         await _check_csrf(request, session)
     request.state.account = account

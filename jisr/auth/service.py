@@ -84,9 +84,13 @@ class AuthService:
             )
             raise LoginRefused(401, "wrong username or password")
         await self.limiter.succeeded(username)
-        session = await self.sessions.create(account.id)
+        session = await self.open_session(account.id)
         await self.audit.arecord(account, "login", "account", account.id, detail={"client": client_hash(client)})
         return SignedIn(account, session)
+
+    async def open_session(self, account_id: int) -> Session:
+        state = await asyncio.to_thread(self.accounts.with_password_stamp, account_id)
+        return await self.sessions.create(account_id, state[1] if state else "")
 
     async def logout(self, account: Account, session: Session) -> None:
         await self.sessions.end(session.id, session.account_id)

@@ -33,7 +33,8 @@ class Session:
     id: str            # the cookie's value; never stored as is
     account_id: int
     csrf_token: str
-    created_at: float  # epoch seconds
+    created_at: float    # epoch seconds
+    password_stamp: str  # when the account's password last changed, as it was at sign-in
 
     def csrf_matches(self, given: Optional[str]) -> bool:
         return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.csrf_token.encode("ascii"))
@@ -47,17 +48,18 @@ class SessionStore:
         self.idle = idle_seconds
         self.absolute = absolute_seconds
 
-    def _ttl(self, created_at: float, now: float) -> int:
-        return int(min(self.idle, created_at + self.absolute - now))
+    def _ttl_ms(self, created_at: float, now: float) -> int:
+        """How long the key may live from now: the idle time, cut short by the absolute end."""
+        return int(min(self.idle, created_at + self.absolute - now) * 1000)
 
-    async def create(self, account_id: int) -> Session:
-        session = Session(secrets.token_urlsafe(ID_BYTES), account_id, secrets.token_urlsafe(CSRF_BYTES), time.time())
+    async def create(self, account_id: int, password_stamp: str) -> Session:
+        session = Session(secrets.token_urlsafe(ID_BYTES), account_id, secrets.token_urlsafe(CSRF_BYTES), time.time(), password_stamp)
         digest = _digest(session.id)
         key = keys.session(digest)
         index = keys.account_sessions(account_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"account": account_id, "csrf": session.csrf_token, "created": repr(session.created_at)})
-            pipe.expire(key, self._ttl(session.created_at, session.created_at))
+            pipe.hset(key, mapping={"account": account_id, "csrf": session.csrf_token, "created": repr(session.created_at), "pw": password_stamp})
+            pipe.pexpire(key, self._ttl_ms(session.created_at, session.created_at))
             pipe.sadd(index, digest)
             pipe.expire(index, self.absolute)
             await pipe.execute()
@@ -75,15 +77,16 @@ class SessionStore:
             account_id = int(fields[b"account"])
             csrf = fields[b"csrf"].decode("ascii")
             created = float(fields[b"created"])
+            stamp = fields[b"pw"].decode("utf-8")
         except (KeyError, ValueError, UnicodeDecodeError):
             await self.redis.delete(key)
             return None
-        ttl = self._ttl(created, time.time())
-        if ttl <= 0:
+        ttl_ms = self._ttl_ms(created, time.time())
+        if ttl_ms <= 0:
             await self.end(session_id, account_id)
             return None
-        await self.redis.expire(key, ttl)
-        return Session(session_id, account_id, csrf, created)
+        await self.redis.pexpire(key, ttl_ms)
+        return Session(session_id, account_id, csrf, created, stamp)
 
     async def end(self, session_id: str, account_id: Optional[int] = None) -> None:
         digest = _digest(session_id)

@@ -115,6 +115,10 @@ def _account(row: Any) -> Account:
     )
 
 
+def _stamp(when: Optional[dt.datetime]) -> str:
+    return when.isoformat() if when else ""
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -202,6 +206,16 @@ class AccountStore:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
         return _account(row) if row else None
+
+    def with_password_stamp(self, account_id: int) -> Optional[tuple[Account, str]]:
+        """The account and a stamp of when its password last changed: a session remembers the
+        stamp it was opened with, and a new password (by any route, the CLI included) makes
+        every older session invalid without needing Redis."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+        if row is None:
+            return None
+        return _account(row), _stamp(row.password_changed_at)
 
     def get_by_username(self, username: str) -> Optional[Account]:
         with self.engine.connect() as conn:

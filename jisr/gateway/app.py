@@ -26,7 +26,7 @@ from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
 from jisr.console.routes import install as install_consoles
-from jisr.gateway import campaigns_api
+from jisr.gateway import auth_routes, campaigns_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
@@ -272,6 +272,9 @@ def create_app(
 
     # -- campaigns (operators) ------------------------------------------------------------
     app.include_router(campaigns_api.router)
+
+    # -- accounts: sign in and out, the admins' accounts and tokens API ---------------------
+    app.include_router(auth_routes.router)
 
     # -- consoles (mediators, operators): pages and their static files ---------------------
     install_consoles(app)

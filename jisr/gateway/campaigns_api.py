@@ -5,8 +5,10 @@ campaigns.sending, jisr.store.campaigns); only the transport differs: the campai
 the request body (YAML text) instead of a file, and errors are HTTP statuses with the
 command's message as ``detail``.
 
-Access needs ``Authorization: Bearer <JISR_OPERATOR_API_TOKEN>`` until the operators' console
-brings accounts and roles. Without a token configured the API is closed (503), never open.
+Access: operators and admins (jisr.auth), signed in to the console or with an account's API
+token (``Authorization: Bearer <token>``); mediators get 403. The older shared
+``JISR_OPERATOR_API_TOKEN``, when set, still works here (as an operator covering every country)
+so scripts written for it keep running; unset, only accounts get in.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pydantic import BaseModel
 from campaigns import sending
 from campaigns.definitions import Campaign, CampaignError, load_campaign_text
 from campaigns.planner import parse_now, preview
+from jisr.auth.dependencies import check_roles, current_account
+from jisr.auth.models import Account
 from jisr.outbox import Outbox
+from jisr.paths import LANGUAGE_FORMS
 from jisr.settings import Settings
 from jisr.store.campaigns import CampaignStore
 
@@ -68,15 +73,28 @@ def get_settings_of_app(services: ServicesDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
 
 
-def require_operator(request: Request, settings: SettingsDep) -> None:
-    """The caller holds the operator API token (compared in constant time)."""
+# Who the legacy JISR_OPERATOR_API_TOKEN acts as: an operator covering every country. Id 0 is no
+# account row; the audit log records it by name.
+LEGACY_OPERATOR = Account(
+    id=0, username="operator-api-token", display_name="JISR_OPERATOR_API_TOKEN", role="operator", countries=("*",), languages=LANGUAGE_FORMS
+)
+
+
+def _legacy_token_matches(request: Request, settings: Settings) -> bool:
     expected = (settings.operator_api_token or "").strip()
     if not expected:
-        raise HTTPException(503, "the campaign API is disabled: set JISR_OPERATOR_API_TOKEN")
+        return False
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     # Bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold anything.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
-        raise HTTPException(401, "missing or invalid operator API token", headers={"WWW-Authenticate": "Bearer"})
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
+async def require_operator(request: Request, settings: SettingsDep) -> Account:
+    """An operator or an admin: signed in (session, CSRF-checked), with an account's API token,
+    or with the legacy JISR_OPERATOR_API_TOKEN when one is configured. Mediators: 403."""
+    if _legacy_token_matches(request, settings):
+        return LEGACY_OPERATOR
+    return check_roles(await current_account(request), ("operator",))
 
 
 def get_campaign_store(services: ServicesDep) -> CampaignStore:
