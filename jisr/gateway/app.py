@@ -27,6 +27,8 @@ from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
 from jisr.console.routes import install as install_consoles
 from jisr.gateway import auth_routes, campaigns_api
+from jisr.console import operators as operators_console
+from jisr.gateway import operators_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
@@ -276,8 +278,12 @@ def create_app(
     # -- accounts: sign in and out, the admins' accounts and tokens API ---------------------
     app.include_router(auth_routes.router)
 
+    # -- the operators' console API: indicators, contacts, imports, content ----------------
+    app.include_router(operators_api.router)
+
     # -- consoles (mediators, operators): pages and their static files ---------------------
     install_consoles(app)
+    app.include_router(operators_console.router)
 
     # -- health ---------------------------------------------------------------------------
     @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
