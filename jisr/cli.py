@@ -77,6 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     ensure_model()
     print(f"Jisr is starting: web chat at http://{args.host}:{args.port}/chat, API docs at /docs", file=sys.stderr)
+    from jisr.auth.cli import first_admin_hint
+
+    if hint := first_admin_hint():
+        print(f"jisr: {hint}", file=sys.stderr)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", proxy_headers=True)
     return 0
 

@@ -224,6 +224,22 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def first_admin_hint() -> Optional[str]:
+    """What to do when the database has no active admin yet (a new installation), else None.
+
+    There is no default admin and no sign-up page: a default password would be the first thing
+    tried against every installation. The first admin is made on the server's command line,
+    by whoever can already read DATABASE_URL.
+    """
+    try:
+        store, _ = _store_and_audit()
+        if store.count_admins():
+            return None
+    except Exception:  # the database is unreachable: serving will say so more clearly
+        return None
+    return 'no admin account yet: create the first with  jisr accounts add USERNAME --role admin --name "Your Name"  (then sign in at /console/login)'
+
+
 def add_parser(sub: Any) -> None:
     """Register `jisr accounts …` on the main parser's subcommands."""
     accounts = sub.add_parser("accounts", help="console accounts (admin, operator, mediator) and their API tokens, on DATABASE_URL")
