@@ -73,7 +73,9 @@
   }
 
   function waitingNow(handoff) {
-    return Number(handoff.waiting_seconds || 0) + (Date.now() - state.listLoadedAt) / 1000;
+    // The server counts up to the claim for a held case; only a waiting one keeps waiting.
+    const since = handoff.status === 'waiting' ? (Date.now() - state.listLoadedAt) / 1000 : 0;
+    return Number(handoff.waiting_seconds || 0) + since;
   }
 
   function isSafety(handoff) {
@@ -160,7 +162,7 @@
     conv.text = el('textarea', { id: 'reply-text', dir: 'auto', placeholder: t('mediation.reply.placeholder'), attrs: { rows: 3, maxlength: 4000, 'aria-label': t('mediation.reply.label') },
       on: { keydown: event => { if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { event.preventDefault(); sendReply(); } } } });
     conv.send = el('button', { type: 'button', className: 'btn', id: 'reply-send', text: t('mediation.reply.send'), on: { click: sendReply } });
-    conv.claimFirst = el('p', { className: 'muted', id: 'claim-first', text: t('mediation.reply.claim_first'), hidden: true });
+    conv.claimFirst = el('p', { className: 'muted', id: 'held-by-other', text: t('mediation.reply.held_by_other'), hidden: true });
     conv.reply = el('div', { className: 'reply', id: 'reply' }, conv.quick, el('div', { className: 'reply-row' }, conv.text, conv.send));
     conv.notesList = el('ul', { id: 'notes' });
     conv.noteText = el('textarea', { id: 'note-text', dir: 'auto', placeholder: t('mediation.notes.placeholder'), attrs: { rows: 2, maxlength: 4000, 'aria-label': t('mediation.notes.title') } });
@@ -249,8 +251,9 @@
         return;
       }
       for (const person of people) {
-        const load = person.load !== undefined ? ` (${person.load})` : person.open_handoffs !== undefined ? ` (${person.open_handoffs})` : '';
-        selectNode.appendChild(el('option', { value: person.id, text: (person.display_name || person.username) + load }));
+        const load = person.open_load !== undefined ? ` — ${t('mediation.action.open_load', { n: person.open_load })}` : '';
+        const speaks = person.speaks_language === false ? ` — ${t('mediation.action.other_language')}` : '';
+        selectNode.appendChild(el('option', { value: person.id, text: (person.display_name || person.username) + load + speaks }));
       }
     } catch (error) { /* the transfer stays unavailable; the other actions work */ }
   }
@@ -293,10 +296,14 @@
     clear(conv.window);
     conv.window.append(el('strong', { text: t('mediation.window.title') + ' : ' }), t('mediation.window.' + kind));
     if (detail.window && detail.window.closes_at && kind !== 'closed') conv.window.append(' ', t('mediation.window.closes_at', { time: time(detail.window.closes_at) }));
-    if (refusal) conv.window.append(el('span', { className: 'window-refusal', id: 'reply-refused', text: ' — ' + refusal }));
-    const mine = isMine(detail.handoff) && isOpen(detail.handoff);
-    conv.reply.hidden = !mine;
-    conv.claimFirst.hidden = mine || !isOpen(detail.handoff);
+    const why = refusal || (detail.window && detail.window.reason);
+    if (why) conv.window.append(el('span', { className: 'window-refusal', id: 'reply-refused', text: ' — ' + why }));
+    // Nobody holds it: replying claims it (the server does so). Someone else holds it: ask them.
+    const handoff = detail.handoff;
+    const heldByOther = Boolean(handoff.assigned_to) && !isMine(handoff) && !(state.account && state.account.role === 'admin');
+    const canReply = isOpen(handoff) && !heldByOther;
+    conv.reply.hidden = !canReply;
+    conv.claimFirst.hidden = !(isOpen(handoff) && heldByOther);
     conv.send.disabled = kind === 'closed';
   }
 
@@ -348,9 +355,6 @@
     renderWindow(detail, refusal);
     renderNotes(detail);
     if (first) loadQuickReplies((detail.contact && detail.contact.language) || detail.handoff.language);
-    // Reading it cleared its unread count: show that in the list at once.
-    const inList = state.handoffs.find(h => h.id === id);
-    if (inList && inList.unread) { inList.unread = 0; renderList(); }
   }
 
   // --- Actions ----------------------------------------------------------------------------------
