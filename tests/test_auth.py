@@ -428,6 +428,23 @@ def test_one_client_trying_many_usernames_is_limited(tmp_path):
         assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
 
 
+def test_a_burst_of_parallel_attempts_cannot_slip_under_the_limit(web):
+    from jisr.auth.ratelimit import LoginLimiter
+
+    async def burst() -> list:
+        client = web.client.app.state.services.redis.client()
+        try:
+            limiter = LoginLimiter(client, per_username=5, per_client=100, window_seconds=900)
+            import asyncio
+
+            return await asyncio.gather(*(limiter.begin("samir", "10.0.0.9") for _ in range(40)))
+        finally:
+            await client.close()
+
+    outcomes = web.client.portal.call(burst)
+    assert sum(refusal is None for refusal, _attempt in outcomes) == 5
+
+
 def test_the_limiter_keys_hold_no_username_or_address(web, people):
     web.client.post("/api/auth/login", json={"username": "samir", "password": "guess guess guess"})
     keys = [k.decode() for k in web.client.app.state.services.redis.sync_client().keys("jisr:login-failures:*")]
@@ -627,6 +644,21 @@ def test_the_gateway_serves_login_me_and_campaigns_by_role(stack):
 
 def jisr(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jisr.cli", *args], input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_a_new_installation_is_told_how_to_make_the_first_admin(tmp_path, monkeypatch):
+    from jisr.auth.cli import first_admin_hint
+
+    url = f"sqlite:///{tmp_path / 'first.db'}"
+    monkeypatch.setenv("JISR_DATABASE_URL", url)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert "jisr accounts add USERNAME --role admin" in first_admin_hint()
+    engine = create_db_engine(url)
+    try:
+        AccountStore(engine).create("first", "First Admin", "admin", PASSWORD)
+    finally:
+        engine.dispose()
+    assert first_admin_hint() is None
 
 
 def test_cli_add_list_passwd_disable_and_tokens(tmp_path):

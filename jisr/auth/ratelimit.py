@@ -45,26 +45,38 @@ class LoginLimiter:
             "client": (keys.login_failures("client", _hash(client or "unknown")), self.per_client),
         }
 
-    async def check(self, username: str, client: str) -> Optional[Refusal]:
-        """A Refusal if this username or this client has failed too often lately."""
+    async def begin(self, username: str, client: str) -> tuple[Optional[Refusal], str]:
+        """Count this attempt as a failure *before* checking the password, atomically with the
+        count, so a burst of parallel attempts cannot all slip in under the limit; ``succeeded``
+        takes it back. Returns a Refusal if this username or client is over its limit (the attempt
+        is then not counted), and the attempt's id."""
         now = time.time()
-        for reason, (key, limit) in self._keys(username, client).items():
-            await self.redis.zremrangebyscore(key, "-inf", now - self.window)
-            if await self.redis.zcard(key) >= limit:
-                # The attempt that will leave the window first, once the count is back under the limit.
+        attempt = f"{now!r}:{secrets.token_hex(6)}"
+        targets = self._keys(username, client)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, _limit in targets.values():
+                pipe.zremrangebyscore(key, "-inf", now - self.window)
+                pipe.zadd(key, {attempt: now})
+                pipe.zcard(key)
+                pipe.expire(key, self.window)
+            results = await pipe.execute()
+        counts = results[2::4]
+        for (reason, (key, limit)), count in zip(targets.items(), counts):
+            if count > limit:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for other, _limit in targets.values():
+                        pipe.zrem(other, attempt)
+                    await pipe.execute()
+                # The failure whose leaving the window brings the count back under the limit.
                 oldest = await self.redis.zrange(key, -limit, -limit, withscores=True)
                 leaves_at = (oldest[0][1] if oldest else now) + self.window
-                return Refusal(max(1, math.ceil(leaves_at - now)), reason)
-        return None
+                return Refusal(max(1, math.ceil(leaves_at - now)), reason), attempt
+        return None, attempt
 
-    async def failed(self, username: str, client: str) -> None:
-        now = time.time()
+    async def succeeded(self, username: str, client: str, attempt: str) -> None:
+        """The attempt was right: it is no failure for the client, and the username starts afresh."""
+        targets = self._keys(username, client)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key, _limit in self._keys(username, client).values():
-                pipe.zadd(key, {f"{now!r}:{secrets.token_hex(4)}": now})
-                pipe.zremrangebyscore(key, "-inf", now - self.window)
-                pipe.expire(key, self.window)
+            pipe.delete(targets["username"][0])
+            pipe.zrem(targets["client"][0], attempt)
             await pipe.execute()
-
-    async def succeeded(self, username: str) -> None:
-        await self.redis.delete(self._keys(username, "")["username"][0])

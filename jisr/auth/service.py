@@ -64,13 +64,12 @@ class AuthService:
 
     async def login(self, username: str, password: str, client: str) -> SignedIn:
         username = (username or "").strip().lower()[:64]
-        refusal = await self.limiter.check(username, client)
+        refusal, attempt = await self.limiter.begin(username, client)
         if refusal is not None:
             logger.warning("login refused: too many failures per %s (client %s)", refusal.reason, client_hash(client))
             raise LoginRefused(429, f"too many failed sign-ins; try again in {refusal.retry_after} s", refusal.retry_after)
         account = await asyncio.to_thread(self.accounts.verify_login, username, password)
-        if account is None:
-            await self.limiter.failed(username, client)
+        if account is None:  # the attempt stays counted as a failure
             known = await asyncio.to_thread(self.accounts.get_by_username, username) if username else None
             reason = "unknown_username" if known is None else ("inactive" if not known.active else "wrong_password")
             # The typed username is recorded only when it names an account: a password typed
@@ -83,7 +82,7 @@ class AuthService:
                 detail={"reason": reason, "client": client_hash(client)},
             )
             raise LoginRefused(401, "wrong username or password")
-        await self.limiter.succeeded(username)
+        await self.limiter.succeeded(username, client, attempt)
         session = await self.open_session(account.id)
         await self.audit.arecord(account, "login", "account", account.id, detail={"client": client_hash(client)})
         return SignedIn(account, session)
