@@ -94,6 +94,7 @@ class Indicator:
     rows: list[list[Any]] = field(default_factory=list)
     chart: dict[str, Any] = field(default_factory=dict)   # {"kind": "bar"|"line", "label": col, "values": [cols]}
     note: str = ""
+    note_values: dict[str, Any] = field(default_factory=dict)   # the note's figures, for a translated note in the console
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,7 @@ class Indicator:
             "rows": [[_json_cell(v) for v in row] for row in self.rows],
             "chart": self.chart,
             "note": self.note,
+            "note_values": self.note_values,
         }
 
     def to_csv(self) -> str:
@@ -365,6 +367,7 @@ def unanswered(engine: Engine, scope: Scope, *, limit: int = UNANSWERED_SHOWN, m
         {"kind": "bar", "label": "question", "values": ["messages"]},
         f"Redacted text (numbers, e-mails and links removed), shown only when asked by at least {min_contacts} families; "
         f"{hidden} other unanswered messages were each written by one family only and are not shown.",
+        {"min_families": min_contacts, "hidden": hidden},
     )
 
 

@@ -33,6 +33,13 @@
     return node;
   }
 
+  /** Empty ``node`` and put ``children`` in it, skipping nulls (Element.append would write "null"). */
+  function fill(node, ...children) {
+    clear(node);
+    for (const child of children) if (child !== null && child !== undefined && child !== false) node.append(child);
+    return node;
+  }
+
   function field(label, input) {
     return el('label', { className: 'field' }, label, input);
   }
@@ -163,16 +170,17 @@
     }
     const entries = [...groups.entries()].sort((a, b) => b[1].reduce((x, y) => x + y, 0) - a[1].reduce((x, y) => x + y, 0)).slice(0, MAX_BARS);
     const max = Math.max(1, ...entries.flatMap(([, sums]) => sums));
-    const barHeight = 12;
+    // Drawn at a phone's width (1 unit ≈ 1 px at 360 px), so the text stays legible there.
+    const barHeight = 13;
     const groupHeight = values.length * barHeight + 10;
-    const width = 640;
-    const labelWidth = 200;
-    const plot = width - labelWidth - 60;
+    const width = 360;
+    const labelWidth = 120;
+    const plot = width - labelWidth - 34;
     const height = entries.length * groupHeight + 4;
     const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'chart', role: 'img', 'aria-label': indicator.title, preserveAspectRatio: 'xMinYMin meet' });
     entries.forEach(([key, sums], row) => {
       const y = row * groupHeight + 4;
-      chart.appendChild(svg('text', { x: labelWidth - 6, y: y + (values.length * barHeight) / 2 + 4, 'text-anchor': 'end', class: 'chart-label' }, short(key, 30), svg('title', {}, key)));
+      chart.appendChild(svg('text', { x: labelWidth - 6, y: y + (values.length * barHeight) / 2 + 4, 'text-anchor': 'end', class: 'chart-label' }, short(key, 19), svg('title', {}, key)));
       sums.forEach((value, i) => {
         const w = Math.max(value > 0 ? 2 : 0, Math.round((value / max) * plot));
         const bar = svg('rect', { x: labelWidth, y: y + i * barHeight, width: w, height: barHeight - 2, rx: 2, fill: COLORS[i % COLORS.length] },
@@ -207,7 +215,7 @@
     }
     const names = [...series.keys()].sort();
     const max = Math.max(1, ...[...series.values()].flatMap(points => [...points.values()]));
-    const width = 640, height = 220, left = 40, bottom = 30, top = 10, right = 10;
+    const width = 360, height = 180, left = 30, bottom = 24, top = 10, right = 10;
     const plotW = width - left - right, plotH = height - top - bottom;
     const x = i => left + (xs.length === 1 ? plotW / 2 : (i * plotW) / (xs.length - 1));
     const y = v => top + plotH - (v / max) * plotH;
@@ -285,12 +293,19 @@
     load();
   }
 
+  /** The note in the console's language (the catalog's, with the server's figures), else the server's English. */
+  function noteOf(indicator) {
+    const key = 'operators.note.' + indicator.name;
+    const text = t(key, indicator.note_values || {});
+    return text === key ? indicator.note : text;
+  }
+
   function indicatorCard(indicator, q) {
     const csv = el('a', { className: 'btn btn-quiet csv', href: `${API}/indicators/${encodeURIComponent(indicator.name)}.csv${q.toString() ? '?' + q : ''}`, text: t('operators.csv'), attrs: { download: '' } });
     const rows = indicator.rows.map(row => row.map(cell => (cell === null ? '—' : cell)));
     return el('section', { className: 'card indicator', dataset: { name: indicator.name } },
       el('div', { className: 'indicator-head' }, el('h2', { text: t('operators.indicator.' + indicator.name) }), csv),
-      el('p', { className: 'muted note', text: indicator.note }),
+      el('p', { className: 'muted note', text: noteOf(indicator) }),
       chartOf(indicator),
       indicator.rows.length ? el('details', {}, el('summary', { text: t('operators.table', { n: indicator.rows.length }) }), table(indicator.columns.map(label), rows)) : null);
   }
@@ -431,7 +446,7 @@
           return;
         }
         const bar = el('progress', { id: 'run-progress', attrs: { max: 1, value: status.progress } });
-        clear(follow).append(
+        fill(follow,
           el('h2', { text: t('operators.campaigns.progress_of', { run: status.run, campaign: status.campaign }) }),
           el('p', {}, el('span', { className: 'badge state-' + status.state, id: 'run-state', text: t('operators.state.' + status.state) }),
             ' ' + t('operators.campaigns.progress', { percent: Math.round(status.progress * 100), total: status.total })),
@@ -449,7 +464,7 @@
       clearTimeout(followTimer);
       follow.hidden = false;
       const counts = obj => Object.entries(obj || {}).map(([k, v]) => `${k}: ${v}`).join(', ') || '—';
-      clear(follow).append(
+      fill(follow,
         el('div', { className: 'indicator-head' },
           el('h2', { text: t('operators.campaigns.report_of', { run: report.run, campaign: report.campaign }) }),
           el('a', { className: 'btn btn-quiet', href: `/api/campaigns/runs/${runId}/report.csv`, text: t('operators.csv'), attrs: { download: '' } })),
@@ -508,7 +523,7 @@
       results.appendChild(el('p', { className: 'muted', id: 'contacts-total', text: t('operators.contacts.found', { n: data.total }) }));
       if (!data.contacts.length) return;
       const columns = ['id', 'address', 'channel', 'country', 'language', 'role', 'consent', 'last_inbound_at'];
-      results.appendChild(table(columns.map(label), data.contacts.map(c => columns.map(name => (name === 'last_inbound_at' ? time(c[name]) : c[name]))),
+      results.appendChild(table(columns.map(label), data.contacts.map(c => columns.map(name => (name === 'last_inbound_at' ? time(c[name]) : name === 'consent' ? t('operators.consent.' + c[name]) : c[name]))),
         index => openContact(data.contacts[index].id)));
       const pages = Math.ceil(data.total / data.page_size);
       if (pages > 1) {
@@ -530,7 +545,7 @@
         return;
       }
       const c = data.contact;
-      clear(detail).append(
+      fill(detail,
         el('h2', { text: t('operators.contacts.contact', { id: c.id }) }),
         dl([
           [label('address'), c.address], [label('channel'), c.channel], [label('country'), c.country], [label('region'), c.region],
@@ -667,7 +682,7 @@
       const name = el('input', { type: 'text', attrs: { maxlength: 80, 'aria-label': t('operators.accounts.token_name') }, placeholder: t('operators.accounts.token_name') });
       const shown = el('div', { attrs: { 'aria-live': 'polite' } });
       tokens.hidden = false;
-      clear(tokens).append(
+      fill(tokens,
         el('h2', { text: t('operators.accounts.tokens_of', { name: a.username }) }),
         data.length ? table(['id', 'name', 'created_at', 'last_used_at', 'revoked_at'].map(label), data.map(tk => [tk.id, tk.name, time(tk.created_at), time(tk.last_used_at), time(tk.revoked_at)])) : el('p', { className: 'muted', text: t('operators.accounts.no_tokens') }),
         el('div', { className: 'actions' }, ...data.filter(tk => !tk.revoked_at).map(tk => el('button', {

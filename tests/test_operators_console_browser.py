@@ -1,0 +1,191 @@
+"""The operators' console in a real headless browser (Debian's chromium driven by Playwright, as
+tests/test_webchat_browser.py), against a real HTTP server with the console's routers, SQLite,
+an embedded Redis and the campaign queue (no sending worker: the sends wait in the queue).
+
+An operator for France signs in, sees the indicators drawn as SVG charts with CSV links (and
+a family's message holding markup shown as text), then creates a campaign from an example:
+validate, preview, schedule, follow the run's progress, pause it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+from fastapi import FastAPI
+
+from playwright.sync_api import expect
+
+from jisr.auth.store import AccountStore
+from jisr.console import operators as operators_console
+from jisr.console.routes import install as install_consoles
+from jisr.gateway import auth_routes, campaigns_api, operators_api
+from jisr.outbox import Outbox
+from jisr.redisconn import connect_redis
+from jisr.settings import Settings
+from jisr.simulators.server import BackgroundServer
+from jisr.store.contacts import ContactStore, ImportedContact, create_db_engine
+from test_webchat_browser import CHROMIUM, CHROMIUM_ARGS
+
+PASSWORD = "correct horse battery staple 42"
+TIMEOUT_MS = 20_000
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'"> où est la cantine'
+
+
+def seed(store: ContactStore) -> None:
+    families = [
+        ImportedContact(line=n, address=f"whatsapp:+3361234560{n}", channel="whatsapp", consent="opted_in", language=lang,
+                        country="FR", role="parent", timezone="Europe/Paris")
+        for n, lang in ((1, "fr"), (2, "fr"), (3, "ar"))
+    ]
+    families.append(ImportedContact(line=4, address="whatsapp:+213550000001", channel="whatsapp", consent="opted_in", language="ar",
+                                    country="DZ", role="parent", timezone="Africa/Algiers"))
+    store.import_contacts(families, "paper forms at the consulate, 2026-09")
+    for n, family in enumerate(families, start=1):
+        contact = store.by_address(family.address)
+        assert contact is not None
+        store.log_outbound(contact.id, "whatsapp", "Bonjour", f"browser-{n}")
+        store.mark_sent(f"browser-{n}", f"SM-browser-{n}", 1)
+        store.apply_status(f"SM-browser-{n}", "read" if n % 2 else "delivered")
+        if n <= 2:  # the same unanswered question from two French families: shown (as text)
+            store.log_inbound(contact.id, "whatsapp", f"in-browser-{n}", HOSTILE, [], intent="nlu_fallback", language="fr")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp: Path = tmp_path_factory.mktemp("operators-browser")
+    url = f"sqlite:///{tmp / 'jisr.db'}"
+    settings = Settings(database_url=url, var_dir=tmp, operator_api_token=None)
+    redis = connect_redis(None, directory=tmp)
+    engine = create_db_engine(url)
+    store = ContactStore(engine)
+    seed(store)
+    accounts = AccountStore(engine)
+    accounts.create("fr_operator", "Opératrice France", "operator", PASSWORD, countries="FR")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        outbox = await Outbox.connect(redis.host, redis.port, redis.db, redis.password)
+        app.state.services = SimpleNamespace(settings=settings, redis=redis, store=store, gateway=None, outbox=outbox)
+        try:
+            yield
+        finally:
+            await outbox.close()
+
+    app = FastAPI(lifespan=lifespan)
+    for router in (auth_routes.router, operators_api.router, campaigns_api.router):
+        app.include_router(router)
+    install_consoles(app)
+    app.include_router(operators_console.router)
+    try:
+        with BackgroundServer(app) as base:
+            yield base
+    finally:
+        engine.dispose()
+        redis.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A phone-sized window, signed in as the operator for France."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR", base_url=server)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # Every refused or failed request counts (the browser's own favicon request aside).
+    page.on("response", lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 and not response.url.endswith("/favicon.ico") else None)
+    page.js_errors = errors  # type: ignore[attr-defined]
+    page.goto("/console/operators")
+    page.wait_for_url("**/console/login**")
+    page.fill("#username", "fr_operator")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/console/operators")
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def test_the_dashboard_draws_every_indicator_with_csv_links(page: Any) -> None:
+    # Locators and expect(), not wait_for_function: the pages' CSP forbids evaluating strings.
+    expect(page.locator(".indicator")).to_have_count(8)
+    assert page.locator("#op-scope").inner_text().endswith("FR")
+    reached = page.locator(".indicator[data-name=reached]")
+    # Three French families reached, drawn as bars; the Algerian one is not in this operator's view.
+    assert reached.locator("svg.chart rect").count() == 3
+    reached.locator("summary").click()
+    assert reached.locator("tbody td").all_inner_texts() == ["FR", "3", "0", "0", "3"]
+    csv_link = page.locator(".indicator[data-name=opt_outs] a.csv")
+    assert csv_link.get_attribute("href") == "/api/operators/indicators/opt_outs.csv"
+    unanswered = page.locator(".indicator[data-name=unanswered]")
+    unanswered.locator("summary").click()
+    cell = unanswered.locator("tbody td").first
+    assert "<img src=x" in cell.inner_text()          # shown as text…
+    assert page.locator("main img").count() == 0        # …never as markup
+    assert page.title() != "pwned"
+    # The period filter: a period with nothing in it.
+    page.fill("#op-since", "2001-01-01")
+    page.fill("#op-until", "2001-01-31")
+    page.click("form.op-filters button[type=submit]")
+    expect(page.locator("#op-scope")).to_contain_text("2001-01-01")
+    expect(page.locator(".indicator .empty")).to_have_count(8)
+    assert "since=2001-01-01" in page.url
+    assert page.js_errors == []  # type: ignore[attr-defined]
+
+
+def test_a_campaign_from_an_example_to_a_paused_run(page: Any) -> None:
+    page.click("a.op-tab[href='/console/operators/campaigns']")
+    page.wait_for_selector("#op-example option[value=exam_period_parents]", state="attached")
+    page.select_option("#op-example", "exam_period_parents")
+    page.click("#load-example")
+    assert page.locator("#campaign-text").input_value().startswith("# Strategy P02")
+
+    page.click("#validate")
+    page.wait_for_selector("#campaign-result .result-ok")
+    assert "exam_period_parents" in page.locator("#campaign-result").inner_text()
+
+    page.click("#preview")
+    page.wait_for_selector("#campaign-result .preview-message")
+    preview = page.locator("#campaign-result").inner_text()
+    assert "FR" in preview and "DZ" in preview   # the preview covers the campaign's whole audience
+
+    # A broken file: the API's file:line: field: reason is shown.
+    page.locator("#campaign-text").fill("id: x\nname: X\n")
+    page.click("#validate")
+    page.wait_for_selector("#campaign-result .result-error")
+    assert "exam_period_parents.yml" in page.locator("#campaign-result").inner_text()
+
+    page.click("#load-example")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#schedule")
+    page.wait_for_selector("#follow #run-progress")
+    assert page.locator("#run-state").inner_text() in ("en cours", "prévu")
+    page.wait_for_selector(".run .badge")
+    run = page.locator(".run").first
+    assert "exam_period_parents" in run.inner_text()
+
+    run.locator("button[data-action=pause]").click()
+    expect(page.locator("#run-state")).to_have_text("en pause")
+    expect(page.locator(".run .badge").first).to_have_text("en pause")
+    # The one refusal is the broken file above.
+    assert [e.split(" ", 1)[0] + " " + e.rsplit("/", 1)[-1] for e in page.js_errors] == ["422 validate?name=exam_period_parents.yml"]  # type: ignore[attr-defined]
