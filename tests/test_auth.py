@@ -245,6 +245,7 @@ def test_the_cookie_is_secure_behind_https(tmp_path):
         response = app.client.post("/api/auth/login", json={"username": "secure", "password": PASSWORD})
         assert response.status_code == 200
         assert "Secure" in response.headers["set-cookie"]
+        assert "Secure" in app.client.get("/console/login").headers["set-cookie"]  # the login form's own cookie too
 
 
 def test_the_html_login_form_signs_in_and_redirects(web, people):
@@ -375,6 +376,22 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+def test_session_and_limit_settings_must_be_positive():
+    for name in ("session_idle_minutes", "session_absolute_hours", "login_failures_per_username", "login_failures_per_client", "login_failure_window_minutes"):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            Settings(**{name: 0})
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(web, people):
+    web.login("samir")
+    first = web.client.cookies.get(COOKIE)
+    web.login("samir")
+    assert web.client.cookies.get(COOKIE) != first
+    replay = web.new_client()
+    replay.cookies.set(COOKIE, first)
+    assert replay.get("/api/auth/me").status_code == 401
 
 
 def test_the_idle_limit_comes_from_settings(tmp_path):
@@ -704,3 +721,40 @@ def test_cli_add_list_passwd_disable_and_tokens(tmp_path):
         assert actions == ["account.update", "account.password", "token.revoke", "token.create", "account.create"]
     finally:
         engine.dispose()
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+def test_accounts_tokens_and_audit_on_postgresql():
+    """The same store on a throwaway PostgreSQL server whose TimeZone is not UTC (a password
+    stamp read back in another zone would end every session at once)."""
+    from pg_server import postgres_server
+
+    from jisr.auth.store import AccountExists
+
+    with postgres_server(timezone="America/St_Johns") as url:
+        engine = create_db_engine(url)
+        try:
+            store, audit = AccountStore(engine), AuditLog(engine)
+            admin = store.create("root", "Root", "admin", PASSWORD)
+            mediator = store.create("leila", "Leila", "mediator", PASSWORD, "DZ,FR", "ar,ary,fr")
+            with pytest.raises(AccountExists):
+                store.create("LEILA", "Other", "mediator", PASSWORD, "FR")
+            assert store.verify_login("leila", PASSWORD) == mediator and store.verify_login("leila", "wrong wrong wrong") is None
+            stamp = store.with_password_stamp(mediator.id)[1]
+            assert stamp and stamp == store.with_password_stamp(mediator.id)[1]
+            store.set_password(mediator.id, "another long passphrase")
+            assert store.with_password_stamp(mediator.id)[1] != stamp
+            new = store.create_token(mediator.id, "pg")
+            assert store.verify_token(new.token) == mediator and store.token(new.record.id).last_used_at is not None
+            assert store.revoke_token(new.record.id) and store.verify_token(new.token) is None
+            with pytest.raises(AccountError, match="last active admin"):
+                store.deactivate(admin.id)
+            audit.record(admin, "account.update", "account", mediator.id, "dz", {"languages": "ar"})
+            audit.record(None, "login_failed", detail={"reason": "unknown_username"})
+            (entry,) = audit.list(target_kind="account", country="DZ", since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+            assert entry.account_id == admin.id and entry.at.tzinfo is not None and entry.detail == {"languages": "ar"}
+            assert [e.action for e in audit.list(action="login_")] == []  # no prefix match without the final "."
+        finally:
+            engine.dispose()

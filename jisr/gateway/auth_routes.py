@@ -119,6 +119,14 @@ class TokenCreated(TokenPublic):
 # --- Helpers --------------------------------------------------------------------------------
 
 
+async def _end_previous_session(request: Request, auth: AuthService) -> None:
+    """Signing in again from a browser ends the session its cookie held (one live session per
+    cookie jar, and no way to plant a session id before sign-in and keep using it)."""
+    previous = request.cookies.get(COOKIE)
+    if previous:
+        await auth.sessions.end(previous)
+
+
 def _set_session_cookie(response: Response, auth: AuthService, signed_in: SignedIn) -> None:
     response.set_cookie(
         COOKIE,
@@ -206,7 +214,9 @@ _ERRORS = {
 }
 
 
-def _login_page(status: int = 200, next_path: str = CONSOLE_HOME, username: str = "", retry_after: Optional[int] = None) -> HTMLResponse:
+def _login_page(
+    secure: bool, status: int = 200, next_path: str = CONSOLE_HOME, username: str = "", retry_after: Optional[int] = None
+) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     error = ""
     if status in _ERRORS:
@@ -221,13 +231,13 @@ def _login_page(status: int = 200, next_path: str = CONSOLE_HOME, username: str 
     if retry_after:
         headers["Retry-After"] = str(retry_after)
     response = HTMLResponse(page, status_code=status, headers=headers)
-    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/console/login", httponly=True, samesite="strict")
+    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/console/login", httponly=True, secure=secure, samesite="strict")
     return response
 
 
 @router.get("/console/login", response_class=HTMLResponse, summary="The sign-in page")
-async def login_page(next: Annotated[Optional[str], Query(max_length=500)] = None) -> HTMLResponse:  # noqa: A002
-    return _login_page(next_path=_safe_next(next))
+async def login_page(auth: AuthDep, next: Annotated[Optional[str], Query(max_length=500)] = None) -> HTMLResponse:  # noqa: A002
+    return _login_page(auth.secure_cookies, next_path=_safe_next(next))
 
 
 @router.post("/console/login", response_class=HTMLResponse, summary="Sign in from the form; a session cookie, then the console")
@@ -238,11 +248,12 @@ async def login_form(request: Request, auth: AuthDep) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE, "")
     given = form.get("csrf_token", "")
     if not expected or not hmac.compare_digest(expected.encode("utf-8", "surrogateescape"), given.encode("utf-8", "surrogateescape")):
-        return _login_page(403, next_path, username)
+        return _login_page(auth.secure_cookies, 403, next_path, username)
     try:
         signed_in = await auth.login(username, form.get("password", ""), client_address(request))
     except LoginRefused as refused:
-        return _login_page(refused.status, next_path, username, refused.retry_after)
+        return _login_page(auth.secure_cookies, refused.status, next_path, username, refused.retry_after)
+    await _end_previous_session(request, auth)
     response = RedirectResponse(next_path, status_code=303)
     _set_session_cookie(response, auth, signed_in)
     response.delete_cookie(LOGIN_COOKIE, path="/console/login")
@@ -269,6 +280,7 @@ async def login_json(body: LoginBody, request: Request, auth: AuthDep) -> Respon
     except LoginRefused as refused:
         headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
         return JSONResponse({"detail": refused.message}, status_code=refused.status, headers=headers)
+    await _end_previous_session(request, auth)
     response = JSONResponse(Me(account=public(signed_in.account), csrf_token=signed_in.session.csrf_token).dict())
     _set_session_cookie(response, auth, signed_in)
     return response
