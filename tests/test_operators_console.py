@@ -211,6 +211,8 @@ def test_addresses_are_masked(env: SimpleNamespace) -> None:
         ("+336", ["fr_parent"]),
         ("مرحبا", []),
         ("é" * 100, []),
+        ("²", []),                      # a digit for str.isdigit, not for int()
+        ("٣", []),
     ],
 )
 def test_search_with_hostile_or_odd_text_returns_only_what_matches(env: SimpleNamespace, q: str, expected: list[str]) -> None:
@@ -343,6 +345,15 @@ def test_an_operator_for_france_cannot_import_algerian_contacts(env: SimpleNames
     ]
     for number in ("+33600000003", "+213550009999", "+33600000004"):
         assert env.store.by_address(f"whatsapp:{number}") is None
+
+
+def test_an_operator_for_france_cannot_move_an_algerian_contact_into_france(env: SimpleNamespace) -> None:
+    body = HEADER + "telegram,555000111,fr,FR,,parent,,,no\nwhatsapp,+213550001234,fr,FR,,parent,,,no\n"
+    response = post_import(env, "fr_operator", body, name="move.csv")
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"]["errors"] == ["move.csv:3: address: this contact is in DZ, not one of your countries (FR)"]
+    assert env.store.get(env.ids["dz_parent"]).country == "DZ"
+    assert env.store.by_address("telegram:555000111") is None
 
 
 @pytest.mark.parametrize("body", ["", "not,a,contact,list\n1,2,3,4\n", "\xff\xfe garbage"])

@@ -193,7 +193,7 @@ def search_contacts(
             sa.func.lower(contacts.c.address).contains(needle, autoescape=True),
             sa.func.lower(sa.func.coalesce(contacts.c.region, "")).contains(needle, autoescape=True),
         ]
-        if needle.isdigit() and len(needle) <= 18:
+        if needle.isascii() and needle.isdigit() and len(needle) <= 18:  # "²".isdigit() is true, int("²") fails
             matches.append(contacts.c.id == int(needle))
         conditions.append(sa.or_(*matches))
     query = sa.select(contacts).where(*conditions).order_by(contacts.c.id.desc()).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
@@ -282,24 +282,44 @@ async def contact_detail(contact_id: ContactId, services: ServicesDep, account: 
 # --- contact lists -----------------------------------------------------------------------------
 
 
-def _out_of_scope_rows(path: Path, name: str, account: Account, limit: int = 20) -> list[str]:
-    """Rows whose country the caller does not cover, as `<file>:<line>: country: …` (at most ``limit``).
+def _out_of_scope_rows(store: ContactStore, path: Path, name: str, account: Account, limit: int = 20) -> list[str]:
+    """Rows the caller may not write, as `<file>:<line>: <column>: …` (at most ``limit``).
 
-    Checked before anything is written: an operator for France cannot add or change contacts
-    in Algeria by uploading a list. Rows that fail validation are left to the import, which
-    reports them as usual.
+    Checked before anything is written: an operator for France can neither add contacts in
+    Algeria nor change one (a row saying "FR" for a known Algerian address would move it into
+    their view). Rows that fail validation are left to the import, which reports them as usual.
     """
     found: list[str] = []
+    yours = ", ".join(account.countries)
+    pending: list[tuple[int, str]] = []
+
+    def check_known() -> None:
+        with store.engine.connect() as conn:
+            known = dict(conn.execute(sa.select(contacts.c.address, contacts.c.country).where(contacts.c.address.in_([a for _, a in pending]))).all())
+        for line, address in pending:
+            if address in known and not account.covers_country(known[address]):
+                found.append(f"{name}:{line}: address: this contact is in {known[address] or 'no known country'}, not one of your countries ({yours})")
+        pending.clear()
+
     # The import's own reader and row check, so "the row's country" means what the import will write.
     for record in csv_io._records(path, name):
+        if len(found) >= limit:
+            break
         if record.values is None:
             continue
         contact, _problems = csv_io.validate_row(record.values, record.line)
-        if contact is not None and not account.covers_country(contact.country):
-            found.append(f"{name}:{record.line}: country: {contact.country or 'none given'} is not one of your countries ({', '.join(account.countries)})")
-            if len(found) >= limit:
-                break
-    return found
+        if contact is None:
+            continue
+        if not account.covers_country(contact.country):
+            found.append(f"{name}:{record.line}: country: {contact.country or 'none given'} is not one of your countries ({yours})")
+        else:
+            pending.append((record.line, contact.address))
+            if len(pending) >= 500:
+                check_known()
+    if pending and len(found) < limit:
+        check_known()
+    found.sort(key=lambda message: int(message.split(":")[1]))
+    return found[:limit]
 
 
 def _import(store: ContactStore, body: bytes, name: str, basis: Optional[str], dry_run: bool, account: Account) -> dict[str, Any]:
@@ -309,7 +329,7 @@ def _import(store: ContactStore, body: bytes, name: str, basis: Optional[str], d
         with os.fdopen(handle, "wb") as out:
             out.write(body)
         if not (account.role == "admin" or account.all_countries):
-            refused = _out_of_scope_rows(path, name, account)
+            refused = _out_of_scope_rows(store, path, name, account)
             if refused:
                 raise HTTPException(403, {"message": "nothing was imported: some rows are outside your countries", "errors": refused})
         report = csv_io.import_csv(store, path, basis, dry_run=dry_run, name=name)
