@@ -37,6 +37,12 @@ class Connector(ABC):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Deliver one message to the provider; raise a SendError subclass on failure."""
 
+    async def sent_since(self, address: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """(provider message id, created at) of the messages the provider accepted for ``address``
+        since ``since``, newest first, so the send queue can settle a send left in doubt by a
+        crash. NotImplementedError where the platform cannot be asked (Telegram, Messenger)."""
+        raise NotImplementedError(f"{self.channel.value} cannot list the messages it sent")
+
     def handshake(self, request: WebhookRequest) -> Optional[str]:
         """Answer to a provider's GET verification (Messenger); None where the channel has none."""
         return None

@@ -13,6 +13,7 @@ messages carry only message SIDs, HTTP statuses and Twilio error codes.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import threading
@@ -463,6 +464,19 @@ class TwilioWhatsAppConnector(Connector):
             raise
         log.debug("twilio accepted %s (%s)", result.provider_message_id, result.status.value)
         return result
+
+    async def sent_since(self, address: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """Twilio lists the messages of an account (GET Messages.json?To=&From=, newest first):
+        the send queue asks it whether a send left in doubt by a crash went out."""
+
+        def listed() -> list[tuple[str, dt.datetime]]:
+            try:
+                found = self._client.messages.list(to=address, from_=self.from_number, limit=50)
+            except (TwilioException, requests.RequestException) as exc:
+                raise TransientSendError(f"could not list Twilio messages ({type(exc).__name__})", code="lookup") from None
+            return [(str(m.sid), m.date_created) for m in found if m.date_created is not None and m.date_created >= since]
+
+        return await asyncio.to_thread(listed)
 
     async def close(self) -> None:
         """Close the SDK's pooled HTTP session."""

@@ -126,11 +126,11 @@ def schedule(env: dict[str, Any], path: Path) -> sending.ScheduleResult:
     return asyncio.run(_with_outbox(env, lambda outbox: sending.schedule(campaign, env["store"], outbox, PLAN_NOW)))
 
 
-async def _burst(env: dict[str, Any], rates: dict[str, float]) -> None:
+async def _burst(env: dict[str, Any], rates: dict[str, float], job_timeout: float = 60) -> None:
     handle = env["redis"]
     connectors = build_connectors(env["settings"], handle.client())
     context = SendContext(connectors, env["contacts"], rates=rates, paused_recheck_seconds=0.3)
-    worker = build_worker(context, handle.host, handle.port, queue=BULK_QUEUE, burst=True, max_jobs=10)
+    worker = build_worker(context, handle.host, handle.port, queue=BULK_QUEUE, burst=True, max_jobs=10, job_timeout=job_timeout)
     try:
         await worker.async_run()
     finally:
@@ -139,9 +139,9 @@ async def _burst(env: dict[str, Any], rates: dict[str, float]) -> None:
             await connector.close()
 
 
-def run_worker(env: dict[str, Any], rates: dict[str, float] | None = None) -> None:
+def run_worker(env: dict[str, Any], rates: dict[str, float] | None = None, job_timeout: float = 60) -> None:
     """A real arq worker on the bulk queue, until the queue (deferred jobs included) is empty."""
-    asyncio.run(asyncio.wait_for(_burst(env, rates or {"whatsapp": 50.0, "telegram": 50.0, "messenger": 50.0}), 60))
+    asyncio.run(asyncio.wait_for(_burst(env, rates or {"whatsapp": 50.0, "telegram": 50.0, "messenger": 50.0}, job_timeout), 60))
 
 
 def test_forms_are_decided_at_send_time_and_receipts_reach_the_campaign(env):
@@ -317,3 +317,68 @@ def test_a_worker_killed_mid_campaign_is_resumed_by_another_and_nothing_is_sent_
     rows = sends(env)
     assert sum(1 for r in rows.values() if r["status"] == "sent") == 195
     assert {(r["status"], r["reason"]) for c, r in rows.items() if c in {ids[a] for a in leavers}} == {("skipped", "opted_out")}
+
+
+def _leave_dead_claim(env: dict[str, Any], key: str, seconds_ago: float = 600.0) -> None:
+    """What a worker killed inside a provider call leaves: the message claimed ('sending') by
+    an attempt that will never finish, claimed long enough ago for its job to have timed out."""
+    status, _, _ = env["contacts"].claim_outbound(key, 1)
+    assert status == "claimed"
+    with env["engine"].begin() as conn:
+        conn.execute(
+            schema.messages.update().where(schema.messages.c.idempotency_key == key).values(updated_at=dt.datetime.now(UTC) - dt.timedelta(seconds=seconds_ago))
+        )
+
+
+def _prepare_only(env: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+    """Schedule, then log each send as the worker does just before its provider call."""
+    schedule(env, path)
+    rows = sends(env)
+    for row in rows.values():
+        env["contacts"].log_outbound(row["contact_id"], row["channel"], "x", f"{row['idempotency_key']}:0")
+    return rows
+
+
+def test_a_send_in_doubt_after_a_crash_is_reconciled_not_resent(env):
+    """Twilio can list what it accepted: a claimed send that went out is recorded sent (not sent
+    again), one that did not is sent once. Telegram cannot be asked: recorded failed in_doubt."""
+    went_out = add_contact(env, "whatsapp:+33600000021", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
+    never_left = add_contact(env, "whatsapp:+33600000022", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
+    unknowable = add_contact(env, "telegram:5021")
+    rows = _prepare_only(env, campaign_file(env["dir"], "doubt", channels="[whatsapp, telegram]"))
+    for contact in (went_out, never_left, unknowable):
+        _leave_dead_claim(env, f"{rows[contact]['idempotency_key']}:0", seconds_ago=3)
+    # The dead attempt's call to Twilio for one contact had reached the provider (just after its claim).
+    connectors = build_connectors(env["settings"], env["redis"].client())
+    from connectors.types import Channel, OutboundMessage
+
+    accepted = asyncio.run(connectors["whatsapp"].send(OutboundMessage(channel=Channel.WHATSAPP, address="whatsapp:+33600000021", text="Bonjour")))
+    asyncio.run(connectors["whatsapp"].close())
+
+    run_worker(env, job_timeout=2)  # claims older than the job timeout (2 s) are dead
+
+    rows = sends(env)
+    assert (rows[went_out]["status"], rows[went_out]["provider_message_id"]) == ("sent", accepted.provider_message_id)
+    assert rows[never_left]["status"] == "sent"
+    assert (rows[unknowable]["status"], rows[unknowable]["reason"]) == ("failed", "in_doubt")
+    assert sorted(r["to"] for r in twilio_sent(env)) == ["whatsapp:+33600000021", "whatsapp:+33600000022"], "one message each, never two"
+    assert not [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"], "in doubt: not sent a second time"
+    report = sending.report(env["store"], next(iter({r["run_id"] for r in rows.values()})))
+    assert report is not None and report["failed_by_reason"] == {"in_doubt": 1}
+
+
+def test_a_fresh_claim_is_left_to_its_attempt(env):
+    """A claim younger than the job timeout may belong to a live attempt: nobody else sends it."""
+    contact = add_contact(env, "telegram:5031")
+    rows = _prepare_only(env, campaign_file(env["dir"], "fresh", channels="[telegram]"))
+    key = f"{rows[contact]['idempotency_key']}:0"
+    _leave_dead_claim(env, key, seconds_ago=0)
+
+    async def briefly() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(_burst(env, {"telegram": 50.0}), 2.0)
+
+    asyncio.run(briefly())
+    assert env["contacts"].outbound_status(key) == "sending"
+    assert sends(env)[contact]["status"] == "queued"
+    assert not [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"]

@@ -194,6 +194,9 @@ class CampaignBenchReport:
                                                 "deviation": self.rate["deviation"], "met": abs(self.rate["deviation"]) <= RATE_TOLERANCE}
         if self.crash:
             verdict["no_duplicates_after_kill"] = {"duplicates": self.crash["duplicates"], "met": self.crash["duplicates"] == 0}
+            verdict["nothing_lost_after_kill"] = {"missing": self.crash["missing"], "sent_not_accepted": self.crash["sent_not_recorded"],
+                                                  "in_doubt_recorded_with_reason": self.crash["in_doubt"],
+                                                  "met": self.crash["missing"] == 0 and self.crash["sent_not_recorded"] == 0}
             verdict["nothing_to_opted_out"] = {"sent": self.crash["sent_to_opted_out"] + self.throughput.get("sent_to_opted_out", 0),
                                                "met": self.crash["sent_to_opted_out"] + self.throughput.get("sent_to_opted_out", 0) == 0}
         return verdict
@@ -227,7 +230,10 @@ class CampaignBenchReport:
                 ("kill -9 and resume", f"{c['sent']:,} sent", f"killed after {c['sent_before_kill']:,} acceptances; restarted; {c['seconds']:.1f} s"),
                 ("  duplicates", str(c["duplicates"]), f"addresses with > 1 accepted send ({c['recorded']:,} recorded)"),
                 ("  sent to opted out", str(c["sent_to_opted_out"]), f"{c['opted_out_before']:,} before planning, {c['opted_out_after']:,} after scheduling"),
-                ("  missing", str(c["missing"]), "planned sends never accepted"),
+                ("  in doubt", f"{c['in_doubt']} ({c['in_doubt_went_out']} had gone out)",
+                 f"in flight in the killed worker on a channel that cannot be asked: recorded failed in_doubt, not resent (--max-jobs {c['max_jobs']})"),
+                ("  missing", str(c["missing"]), "planned sends with no outcome (neither sent, failed nor skipped)"),
+                ("  sent but not accepted", str(c["sent_not_recorded"]), "recorded sent, yet no simulator accepted it"),
             ]
         width = max(len(a) for a, _, _ in rows) if rows else 10
         value_width = max(len(b) for _, b, _ in rows) if rows else 10
@@ -397,6 +403,29 @@ class Bench:
             return {f"{s}:{r or ''}": n for s, r, n in conn.execute(sa.select(t.c.status, t.c.reason, sa.func.count()).group_by(t.c.status, t.c.reason))}
 
     @staticmethod
+    def in_doubt_addresses(engine: Any) -> list[str]:
+        import sqlalchemy as sa
+
+        from jisr.store import schema
+
+        t, c = schema.campaign_sends, schema.contacts
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(
+                sa.select(c.c.address).select_from(t.join(c, c.c.id == t.c.contact_id)).where(t.c.status == "failed", t.c.reason == "in_doubt"))]
+
+    @staticmethod
+    def sent_not_recorded(engine: Any, per_address: dict[str, int]) -> int:
+        import sqlalchemy as sa
+
+        from jisr.store import schema
+
+        t, c = schema.campaign_sends, schema.contacts
+        with engine.connect() as conn:
+            sent = [row[0] for row in conn.execute(
+                sa.select(c.c.address).select_from(t.join(c, c.c.id == t.c.contact_id)).where(t.c.status.in_(("sent", "delivered", "read"))))]
+        return sum(1 for a in sent if not per_address.get(a))
+
+    @staticmethod
     def opted_out_addresses(engine: Any) -> set[str]:
         import sqlalchemy as sa
 
@@ -512,15 +541,21 @@ class Bench:
         statuses = self.statuses(engine)
         sent = statuses.get("sent:", 0)
         expected_skips = statuses.get("skipped:opted_out", 0)
+        in_doubt = self.in_doubt_addresses(engine)
         report.crash = dict(
-            contacts=n, planned=planned, sent=sent, sent_before_kill=sent_before_kill, seconds=round(seconds, 1),
+            contacts=n, planned=planned, sent=sent, sent_before_kill=sent_before_kill, seconds=round(seconds, 1), max_jobs=self.options.max_jobs,
             recorded=sum(per_address.values()), duplicates=sum(1 for v in per_address.values() if v > 1),
+            # Sends a worker was making when it was killed, on a channel that cannot be asked what it
+            # accepted: recorded failed "in_doubt" (at most once); how many had in fact gone out.
+            in_doubt=len(in_doubt), in_doubt_went_out=sum(1 for a in in_doubt if per_address.get(a)),
+            # Recorded sent by us but never accepted by a simulator: a send lost while claimed sent.
+            sent_not_recorded=self.sent_not_recorded(engine, per_address),
             sent_to_opted_out=sum(1 for a in per_address if a in opted_out),
             opted_out_before=consent["opted_out"], opted_out_after=late, skipped_opted_out=expected_skips,
             missing=sum(v for k, v in statuses.items() if k.split(":")[0] in ("planned", "queued")),
             statuses=statuses,
         )
-        self.say(f"crash: duplicates {report.crash['duplicates']}, to opted out {report.crash['sent_to_opted_out']}, missing {report.crash['missing']}")
+        self.say(f"crash: duplicates {report.crash['duplicates']}, in doubt {report.crash['in_doubt']}, to opted out {report.crash['sent_to_opted_out']}, missing {report.crash['missing']}")
         engine.dispose()
 
 

@@ -219,6 +219,7 @@ def create_app(auth_token: str = "dev", account_sid: str = DEFAULT_ACCOUNT_SID) 
     app = FastAPI(title="Twilio simulator")
     state = SimulatorState()
     mount_control(app, state)
+    created: dict[str, str] = {}  # message sid → date_created, for the message list (kept out of the recorded requests)
 
     @app.post(f"/{API_VERSION}/Accounts/{{sid}}/Messages.json")
     async def create_message(sid: str, request: Request) -> JSONResponse:
@@ -296,7 +297,32 @@ def create_app(auth_token: str = "dev", account_sid: str = DEFAULT_ACCOUNT_SID) 
                 "sid": message_sid,
             }
         )
+        if message_sid:
+            created[message_sid] = now
         return response
+
+    @app.get(f"/{API_VERSION}/Accounts/{{sid}}/Messages.json")
+    async def list_messages(sid: str, request: Request) -> JSONResponse:
+        """Twilio's message list (newest first, filtered by To and From, one page of PageSize):
+        how a sender finds out whether a message it lost track of went out."""
+        credentials = _basic_auth(request)
+        if credentials != (account_sid, auth_token) or sid != account_sid:
+            return twilio_error(401, 20003, "Authenticate")
+        to, from_ = request.query_params.get("To"), request.query_params.get("From")
+        try:
+            size = max(1, min(1000, int(request.query_params.get("PageSize", "50"))))
+        except ValueError:
+            return twilio_error(400, 20001, "PageSize is not a number")
+        accepted = [r for r in reversed(state.requests) if r.get("sid") and (not to or r["to"] == to) and (not from_ or r["from"] == from_)]
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+        page = [
+            {"account_sid": account_sid, "api_version": API_VERSION, "body": r.get("body") or "", "date_created": created.get(r["sid"]),
+             "date_sent": None, "date_updated": created.get(r["sid"]), "direction": "outbound-api", "from": r["from"], "sid": r["sid"],
+             "status": "queued", "to": r["to"], "uri": f"/{API_VERSION}/Accounts/{account_sid}/Messages/{r['sid']}.json"}
+            for r in accepted[:size]
+        ]
+        return JSONResponse({"messages": page, "first_page_uri": uri, "next_page_uri": None, "previous_page_uri": None,
+                             "page": 0, "page_size": size, "start": 0, "end": max(0, len(page) - 1), "uri": uri})
 
     @app.post("/_sim/inbound")
     async def inbound(spec: InboundSpec) -> dict[str, Any]:

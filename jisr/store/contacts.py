@@ -508,6 +508,54 @@ class ContactStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(messages.c.status).where(messages.c.idempotency_key == idempotency_key)).scalar()
 
+    # -- send claims (see jisr.outbox: why a send is claimed before the provider call) ----------
+
+    def claim_outbound(self, idempotency_key: str, token: int, stale_token: Optional[int] = None) -> tuple[str, Optional[dt.datetime], Optional[int]]:
+        """Claim a logged outbound message for one provider call: status 'sending', ``attempts``
+        holding ``token`` (unique per call), ``updated_at`` the claim's time, committed here.
+
+        Claims a 'queued' message, or one still held by ``stale_token`` (a dead attempt the
+        caller has reconciled). Returns ("claimed", at, token) or, when someone else holds it
+        or it is settled, (status, claimed at, claim token) as found.
+        """
+        now = _now()
+        claimable = messages.c.status == "queued"
+        if stale_token is not None:
+            claimable = sa.or_(claimable, sa.and_(messages.c.status == "sending", messages.c.attempts == stale_token))
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                messages.update()
+                .where(messages.c.idempotency_key == idempotency_key, claimable)
+                .values(status="sending", attempts=token, updated_at=now)
+            ).rowcount
+            if changed:
+                return "claimed", now, token
+            row = conn.execute(
+                sa.select(messages.c.status, messages.c.updated_at, messages.c.attempts).where(messages.c.idempotency_key == idempotency_key)
+            ).first()
+        if row is None:
+            return "missing", None, None
+        return str(row.status), _aware(row.updated_at), row.attempts
+
+    def release_claim(self, idempotency_key: str, token: int) -> bool:
+        """Back to 'queued' after a call the provider refused (429, 5xx): a retry may send it."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.idempotency_key == idempotency_key, messages.c.status == "sending", messages.c.attempts == token)
+                    .values(status="queued", updated_at=_now())
+                ).rowcount
+            )
+
+    def known_provider_ids(self, provider_message_ids: Sequence[str]) -> set[str]:
+        """Which of these provider ids our log already holds (a reconciliation must not take
+        another message of ours for the one in doubt)."""
+        if not provider_message_ids:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(messages.c.provider_message_id).where(messages.c.provider_message_id.in_(list(provider_message_ids)))).scalars())
+
     def mark_sent(self, idempotency_key: str, provider_message_id: str, attempts: int, campaign_send_id: Optional[int] = None) -> None:
         """The provider accepted the message; a campaign send is updated in the same transaction,
         so a crash can never leave the log saying "sent" and the campaign saying "queued"."""
