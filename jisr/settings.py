@@ -81,6 +81,12 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1 (days)")
         return value
 
+    @validator("session_idle_minutes", "session_absolute_hours", "login_failures_per_username", "login_failures_per_client", "login_failure_window_minutes")
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
     def check_secrets(self) -> None:
         """Refuse to start in production with a placeholder secret."""
         if self.env != "production":
