@@ -23,7 +23,7 @@ from jisr import indicators
 from jisr.indicators import Scope, csv_cell, parse_bound, redact
 from jisr.store.campaigns import CampaignStore
 from jisr.store.contacts import ContactStore, create_db_engine
-from jisr.store.schema import handoffs
+from jisr.store.schema import contacts, handoffs, messages
 from pg_server import postgres_server
 
 UTC = dt.timezone.utc
@@ -359,3 +359,44 @@ def test_parse_bound() -> None:
     for bad in ("yesterday", "2026-13-01", "1' OR 1=1 --", "9999-01-01", "x" * 100):
         with pytest.raises(ValueError):
             parse_bound(bad)
+
+
+# -- end to end: the gateway logs what the indicators read ------------------------------------------
+
+
+def test_a_question_the_assistant_did_not_understand_reaches_the_unanswered_indicator(stack: dict[str, Any]) -> None:
+    """Two families write the same gibberish through the real gateway (Telegram simulator): the
+    message log says nlu_fallback (not the classifier's guess), and the indicator shows it."""
+    import json
+    import time
+
+    import httpx
+
+    question = "zxqv plorb vrask ?"
+    chats = (777101, 777102)
+    for chat in chats:
+        httpx.post(
+            f"{stack['telegram']}/_sim/inbound",
+            json={"webhook_url": f"{stack['gateway']}/webhooks/telegram", "secret_token": stack["telegram_secret"], "chat_id": chat, "text": question},
+            timeout=30,
+        )
+    engine = create_db_engine(stack["database_url"])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                logged = conn.execute(
+                    sa.select(contacts.c.address, messages.c.intent)
+                    .select_from(messages.join(contacts, contacts.c.id == messages.c.contact_id))
+                    .where(contacts.c.address.in_([f"telegram:{chat}" for chat in chats]), messages.c.direction == "in")
+                ).all()
+            if len(logged) == 2 and all(row.intent for row in logged):
+                break
+            assert time.monotonic() < deadline, f"the gateway did not log both messages: {logged}"
+            time.sleep(0.2)
+        assert sorted(logged) == [(f"telegram:{chat}", "nlu_fallback") for chat in chats]
+        rows = table(indicators.unanswered(engine, Scope()))
+        [ours] = [r for r in rows if r["question"] == "zxqv plorb vrask"] or [json.dumps(rows, ensure_ascii=False)]
+        assert (ours["messages"], ours["families"]) == (2, 2)
+    finally:
+        engine.dispose()
