@@ -20,6 +20,9 @@ def _configure_logging(verbose: bool) -> None:
     for noisy in ("rasa", "tensorflow", "absl", "matplotlib", "apscheduler", "sanic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("jisr").setLevel(logging.INFO if verbose else logging.WARNING)
+    from jisr.privacy.logs import keep_personal_data_out_of_logs
+
+    keep_personal_data_out_of_logs()  # -v must not print request URLs (tokens) or texts
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,10 +180,18 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 
 
 def cmd_contacts_export(args: argparse.Namespace) -> int:
+    """With a contact (ID, address or --id): everything held about it as JSON; else every contact as CSV."""
     import os
 
     from jisr.store.csv_io import export_csv
 
+    if args.contact is not None and args.id is not None:
+        print("jisr: give the contact once (as ID or with --id)", file=sys.stderr)
+        return 2
+    if (args.contact or args.id) is not None:
+        from jisr.privacy.cli import export_one
+
+        return export_one(str(args.id if args.id is not None else args.contact), args.output)
     store = _contact_store()
     if args.output is None:
         export_csv(store, sys.stdout)
@@ -191,6 +202,18 @@ def cmd_contacts_export(args: argparse.Namespace) -> int:
         count = export_csv(store, out)
     print(f"{args.output}: {count} contacts exported", file=sys.stderr)
     return 0
+
+
+def cmd_contacts_forget(args: argparse.Namespace) -> int:
+    from jisr.privacy.cli import forget
+
+    return forget(args)
+
+
+def cmd_privacy_purge(args: argparse.Namespace) -> int:
+    from jisr.privacy.cli import purge
+
+    return purge(args)
 
 
 def cmd_contacts_link(args: argparse.Namespace) -> int:
@@ -682,10 +705,32 @@ def build_parser() -> argparse.ArgumentParser:
     telegram.set_defaults(func=cmd_telegram)
 
     exports = contacts_sub.add_parser(
-        "export", help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at"
+        "export",
+        help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at; "
+        "with a contact: everything Jisr holds about it, as JSON",
     )
+    exports.add_argument("contact", nargs="?", metavar="ID", help="one contact: its numeric id or its address (whatsapp:+33…, telegram:123…)")
+    exports.add_argument("--id", metavar="ID", help="the same, as an option")
     exports.add_argument("--output", "-o", type=Path, help="write to this file (created readable by you only) instead of stdout")
     exports.set_defaults(func=cmd_contacts_export)
+    forget = contacts_sub.add_parser(
+        "forget",
+        help="erase a contact: SQL rows, conversation state and queued sends (REDIS_URL); keeps only a keyed hash so old lists cannot re-import it",
+    )
+    forget.add_argument("contact", metavar="ID", help="its numeric id or its address")
+    forget.add_argument("--profile", action="store_true", help="also forget every address linked to its profile (all the family's channels)")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    forget.add_argument("--sql-only", action="store_true", help="no shared Redis: erase the SQL rows only (the gateway's conversation state stays)")
+    forget.add_argument("--json", action="store_true", help="machine-readable report (counts only)")
+    forget.set_defaults(func=cmd_contacts_forget)
+
+    privacy = sub.add_parser("privacy", help="retention: empty conversation content older than JISR_RETENTION_DAYS")
+    privacy_sub = privacy.add_subparsers(dest="privacy_command", required=True)
+    purge = privacy_sub.add_parser("purge", help="empty old message texts, media, mediators' notes and idle conversation state; keep the counts")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be emptied, change nothing")
+    purge.add_argument("--days", type=_positive(int), help="retention in days (default JISR_RETENTION_DAYS, 180)")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    purge.set_defaults(func=cmd_privacy_purge)
 
     from jisr.auth.cli import add_parser as add_accounts_parser  # `jisr accounts …` lives with the accounts
 

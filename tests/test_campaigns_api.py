@@ -126,6 +126,7 @@ def test_production_refuses_a_placeholder_token():
         messenger_verify_token="v" * 32,
         messenger_page_token="p" * 32,
         webchat_secret="w" * 32,
+        log_pseudonym_key="k" * 32,
     )
     for token in ("changeme", "short", "dev"):
         with pytest.raises(ValueError, match="JISR_OPERATOR_API_TOKEN"):

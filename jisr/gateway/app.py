@@ -26,12 +26,16 @@ from connectors.webchat import WebChatConnector
 from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
 from jisr.console.routes import install as install_consoles
-from jisr.gateway import auth_routes, campaigns_api
+from jisr.gateway import auth_routes, campaigns_api, privacy_api
 from jisr.console import operators as operators_console
 from jisr.gateway import operators_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
+from jisr.privacy.logs import keep_personal_data_out_of_logs
+from jisr.privacy.pseudonym import configure as configure_pseudonyms
+from jisr.privacy.retention import purge_daily
+from jisr.privacy.state import ConversationRedis
 from jisr.redisconn import RedisHandle, connect_redis
 from jisr.settings import Settings, get_settings
 from jisr.store.contacts import ContactStore, create_db_engine
@@ -54,6 +58,8 @@ class Services:
     gateway: Gateway
     connectors: dict[str, Connector]
     worker_task: Optional[asyncio.Task] = None
+    privacy: Optional[ConversationRedis] = None     # the three Redis databases of conversation state
+    purge_task: Optional[asyncio.Task] = None       # the daily retention purge
 
 
 def _load_content() -> None:
@@ -76,29 +82,47 @@ def _load_content() -> None:
 
 async def start_services(settings: Settings, assistant_factory: Callable[..., Assistant], run_worker: bool = True) -> Services:
     settings.check_secrets()
+    configure_pseudonyms(settings.log_pseudonym_key)
+    keep_personal_data_out_of_logs()
     from rasa.core.lock_store import RedisLockStore
     from rasa.core.tracker_store import RedisTrackerStore
 
     handle = connect_redis(settings.redis_url, directory=settings.var_dir)
     store = ContactStore(create_db_engine(settings.database_url))
     # Conversation state in Redis db 1, Rasa's locks in db 2, Jisr's queue and keys in the URL's db.
-    tracker_store = RedisTrackerStore(domain=None, host=handle.host, port=handle.port, db=1, password=handle.password, key_prefix="jisr")
+    # A conversation idle for the retention period expires with its tracker (docs/privacy.md).
+    tracker_store = RedisTrackerStore(
+        domain=None, host=handle.host, port=handle.port, db=1, password=handle.password, key_prefix="jisr",
+        record_exp=settings.retention_days * 86400,
+    )
     lock_store = RedisLockStore(host=handle.host, port=handle.port, db=2, password=handle.password, key_prefix="jisr")
     assistant = await asyncio.to_thread(assistant_factory, tracker_store=tracker_store, lock_store=lock_store)
     await asyncio.to_thread(_load_content)
     redis_client = handle.client()
     connectors = build_connectors(settings, redis_client)
     outbox = await Outbox.connect(handle.host, handle.port, handle.db, handle.password)
-    gateway = Gateway(assistant, store, redis_client, outbox, sender_messages_per_minute=settings.sender_messages_per_minute)
-    services = Services(settings, handle, store, outbox, gateway, connectors)
+    gateway = Gateway(
+        assistant, store, redis_client, outbox,
+        sender_messages_per_minute=settings.sender_messages_per_minute,
+        disclosure_after_silence_days=settings.disclosure_after_silence_days,
+    )
+    services = Services(settings, handle, store, outbox, gateway, connectors, privacy=ConversationRedis.from_handle(handle))
     if run_worker:
         worker = build_worker(SendContext(connectors, store), handle.host, handle.port, handle.db, handle.password, queue=REPLIES_QUEUE)
         outbox.on_enqueue = worker.wake  # a reply queued here is sent at once, not at the next poll
         services.worker_task = asyncio.create_task(worker.async_run())
+        services.purge_task = asyncio.create_task(purge_daily(store.engine, services.privacy, settings.retention_days))
     return services
 
 
 async def stop_services(services: Services) -> None:
+    if services.purge_task is not None:
+        services.purge_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await services.purge_task
+    if services.privacy is not None:
+        with contextlib.suppress(Exception):
+            await services.privacy.close()
     if services.worker_task is not None:
         services.worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -277,6 +301,9 @@ def create_app(
 
     # -- accounts: sign in and out, the admins' accounts and tokens API ---------------------
     app.include_router(auth_routes.router)
+
+    # -- privacy: a contact's export and erasure (admins) ----------------------------------
+    app.include_router(privacy_api.router)
 
     # -- the operators' console API: indicators, contacts, imports, content ----------------
     app.include_router(operators_api.router)

@@ -8,7 +8,6 @@ profile, flood control, nothing in clear in the logs) hold in one place.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from jisr import keys
 from jisr.assistant.runtime import FALLBACK_INTENT, Assistant, Reply, Turn
 from jisr.content import ReplyBook, default_reply_book
 from jisr.outbox import Outbox, SendJob, reply_key
+from jisr.privacy.disclosure import needs_disclosure, with_disclosure
+from jisr.privacy.pseudonym import address_hash  # noqa: F401  (re-exported: it lived here)
 from jisr.store.contacts import PROFILE_FIELDS, Contact, ContactStore
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,7 @@ PLATFORM_OPT_OUT = "/opt_out"
 CONSENT_OF_INTENT = {"opt_out": "opted_out", "opt_in": "opted_in"}
 DEDUPE_PROCESSING_SECONDS = 120       # a crashed worker's claim expires; the provider's retry is then processed
 DEDUPE_DONE_SECONDS = 7 * 24 * 3600   # providers retry for hours at most
-
-
-def address_hash(address: str) -> str:
-    """What logs say instead of a phone number or chat id."""
-    return hashlib.sha256(address.encode()).hexdigest()[:12]
+DISCLOSURE_CLAIM_SECONDS = 600        # two first messages at once: the disclosure goes with one of them
 
 
 @dataclass(frozen=True)
@@ -55,6 +52,7 @@ class Gateway:
         outbox: Outbox,
         replies: Optional[ReplyBook] = None,
         sender_messages_per_minute: int = 20,
+        disclosure_after_silence_days: int = 30,
     ) -> None:
         self.assistant = assistant
         self.store = store
@@ -62,6 +60,7 @@ class Gateway:
         self.outbox = outbox
         self.replies = replies or default_reply_book()
         self.sender_messages_per_minute = sender_messages_per_minute
+        self.disclosure_after_silence_days = disclosure_after_silence_days
 
     async def handle(self, event: InboundEvent) -> InboundOutcome:
         if isinstance(event, StatusUpdate):
@@ -136,7 +135,7 @@ class Gateway:
             await asyncio.to_thread(
                 self.store.record_consent, contact.id, CONSENT_OF_INTENT[turn.intent], "conversation", None, message.channel.value
             )
-        await self._queue(contact, message, turn.replies)
+        await self._queue(contact, message, turn.replies, language=turn.language)
         logger.info("answered %s on %s (intent %s)", address_hash(contact.address), message.channel.value, turn.intent)
         return InboundOutcome("processed", turn=turn, replies=tuple(turn.replies))
 
@@ -150,10 +149,20 @@ class Gateway:
             return "ok"
         return "warn" if count == self.sender_messages_per_minute + 1 else "ignore"
 
-    async def _queue(self, contact: Contact, message: InboundMessage, replies: list[Reply] | tuple[Reply, ...]) -> None:
-        """Log every reply, then queue them as one job so they arrive in order."""
+    async def _queue(
+        self, contact: Contact, message: InboundMessage, replies: list[Reply] | tuple[Reply, ...], language: Optional[str] = None
+    ) -> None:
+        """Log every reply, then queue them as one job so they arrive in order.
+
+        ``contact`` is as read before this message (its last_inbound_at is the previous
+        message's): the first reply to a new or long-silent family says Jisr is a bot.
+        """
         if not replies:
             return
+        if needs_disclosure(contact.last_inbound_at, message.received_at, self.disclosure_after_silence_days):
+            claim = keys.disclosure_claim(address_hash(contact.address))
+            if await self.redis.set(claim, b"1", nx=True, ex=DISCLOSURE_CLAIM_SECONDS):
+                replies = with_disclosure(replies, self.replies, language or contact.language or (message.language_hint or "").split("-")[0] or None)
         job = SendJob(
             idempotency_key=reply_key(message.provider_message_id, message.channel.value),
             channel=message.channel.value,

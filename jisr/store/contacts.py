@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import AbstractSet, Any, Iterator, Mapping, Optional, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,6 +31,7 @@ SOURCES_NEEDING_BASIS = ("import", "operator")
 IMPORTED = "imported"
 UPDATED = "updated"
 OPT_IN_REFUSED = "opt_in_refused"
+SUPPRESSED = "suppressed"  # the person asked to be forgotten (jisr contacts forget): a list cannot bring them back
 
 
 def _now() -> dt.datetime:
@@ -137,6 +138,9 @@ def create_db_engine(url: str) -> Engine:
             poolclass=sa.pool.QueuePool,
             pool_size=8,
             max_overflow=16,
+            # An error's message must not carry the statement's values: a failed insert would log
+            # a phone number or a message text (docs/privacy.md).
+            hide_parameters=True,
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -149,9 +153,12 @@ def create_db_engine(url: str) -> Engine:
             # default) fsynced every commit: two per campaign message sent, in every worker.
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Deleted or overwritten content (an erased family, a purged text) is zeroed in the
+            # pages written anyway, instead of lingering in the file's free space.
+            cursor.execute("PRAGMA secure_delete=FAST")
             cursor.close()
     else:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True, hide_parameters=True)
     migrate(engine)
     return engine
 
@@ -276,14 +283,15 @@ class ContactStore:
         if dry_run:
             with self.engine.connect() as conn:
                 known = self._known(conn, addresses)
+                suppressed = self._suppressed(conn, addresses)
             seen = dry_run_seen if dry_run_seen is not None else {}
             for address in addresses:
                 if address not in known and address in seen:
                     known[address] = (0, seen[address], "import")
-            outcomes = self._plan(rows, known)
+            outcomes = self._plan(rows, known, suppressed)
             if dry_run_seen is not None:
                 for row, outcome in zip(rows, outcomes):
-                    if outcome != OPT_IN_REFUSED:
+                    if outcome not in (OPT_IN_REFUSED, SUPPRESSED):
                         previous = known.get(row.address, (0, "unknown", None))[1]
                         dry_run_seen[row.address] = row.consent or previous
             return outcomes
@@ -318,10 +326,30 @@ class ContactStore:
         return known
 
     @staticmethod
-    def _plan(rows: Sequence[ImportedContact], known: Mapping[str, tuple[int, str, Optional[str]]]) -> list[str]:
+    def _suppressed(conn: Connection, addresses: Sequence[str]) -> set[str]:
+        """The addresses among ``addresses`` of people who were forgotten (only keyed hashes are kept)."""
+        from jisr.privacy.pseudonym import suppression_hash
+        from jisr.store.schema import suppressed_addresses
+
+        by_hash = {suppression_hash(address): address for address in addresses}
+        hashes = list(by_hash)
+        found: set[str] = set()
+        for start in range(0, len(hashes), 900):
+            query = sa.select(suppressed_addresses.c.address_hash).where(suppressed_addresses.c.address_hash.in_(hashes[start : start + 900]))
+            found.update(by_hash[h] for h in conn.execute(query).scalars())
+        return found
+
+    @staticmethod
+    def _plan(
+        rows: Sequence[ImportedContact], known: Mapping[str, tuple[int, str, Optional[str]]], suppressed: AbstractSet[str] = frozenset()
+    ) -> list[str]:
         outcomes = []
         for row in rows:
             current = known.get(row.address)
+            if current is None and row.address in suppressed:
+                # Forgotten, and not back by themselves: an old list must not bring them back.
+                outcomes.append(SUPPRESSED)
+                continue
             # An opt-out the person made (or one recorded before there was a history) stands
             # against any list; one that came from an earlier list may be replaced by a newer list.
             if current is not None and current[1] == "opted_out" and row.consent == "opted_in" and current[2] != "import":
@@ -334,8 +362,8 @@ class ContactStore:
         now = _now()
         basis = (basis or "").strip() or None
         known = self._known(conn, [row.address for row in rows])
-        outcomes = self._plan(rows, known)
-        if any(row.consent == "opted_in" for row, outcome in zip(rows, outcomes) if outcome != OPT_IN_REFUSED):
+        outcomes = self._plan(rows, known, self._suppressed(conn, [row.address for row in rows]))
+        if any(row.consent == "opted_in" for row, outcome in zip(rows, outcomes) if outcome not in (OPT_IN_REFUSED, SUPPRESSED)):
             _check_consent("opted_in", "import", basis)
 
         new = [row for row, outcome in zip(rows, outcomes) if outcome == IMPORTED]

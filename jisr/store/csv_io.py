@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Iterator, Optional, TextIO, Union
 import yaml
 
 from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES, reply_language_of
-from jisr.store.contacts import IMPORTED, OPT_IN_REFUSED, UPDATED, ContactStore, ImportedContact
+from jisr.store.contacts import IMPORTED, OPT_IN_REFUSED, SUPPRESSED, UPDATED, ContactStore, ImportedContact
 
 logger = logging.getLogger(__name__)
 
@@ -428,6 +428,11 @@ def import_csv(
                 report.rejected += 1
                 report.rejections.append(
                     Rejection(row.line, "consent", "this contact opted out; a list cannot opt them back in (only they can, by subscribing again)")
+                )
+            elif outcome == SUPPRESSED:
+                report.rejected += 1
+                report.rejections.append(
+                    Rejection(row.line, "address", "this person asked Jisr to forget them; a list cannot add them again (only they can, by writing)")
                 )
         batch.clear()
         in_batch.clear()

@@ -213,6 +213,20 @@ def _v6_handoffs_and_message_authors(conn: Connection) -> None:
     _v6_handoff_notes.create(conn)
 
 
+# Step 7's table, frozen (schema.py holds the live copy).
+_v7_metadata = sa.MetaData()
+_v7_suppressed_addresses = sa.Table(
+    "suppressed_addresses",
+    _v7_metadata,
+    sa.Column("address_hash", sa.String(64), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _v7_suppressed_addresses_table(conn: Connection) -> None:
+    _v7_suppressed_addresses.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
@@ -220,6 +234,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "campaign sends: provider message id, attempts, sent_at", _v4_campaign_send_outcomes),
     (5, "accounts, API tokens and the audit log", _v5_accounts_tokens_audit),
     (6, "handoffs to mediators, their notes; messages.author_account_id and handoff_id", _v6_handoffs_and_message_authors),
+    (7, "suppressed addresses: keyed hashes of forgotten contacts", _v7_suppressed_addresses_table),
 ]
 
 

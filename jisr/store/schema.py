@@ -224,3 +224,15 @@ handoff_notes = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
 )
+
+
+# --- Forgotten addresses (step 7) -------------------------------------------------------------
+# After `jisr contacts forget`, only a keyed hash of the address stays (HMAC with
+# JISR_LOG_PSEUDONYM_KEY, see jisr/privacy/pseudonym.py): an old list cannot import the person
+# again. Nothing else about them is kept; if they write again themselves, they are a new contact.
+suppressed_addresses = sa.Table(
+    "suppressed_addresses",
+    metadata,
+    sa.Column("address_hash", sa.String(64), primary_key=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+)
