@@ -66,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     seed(store)
     accounts = AccountStore(engine)
     accounts.create("fr_operator", "Opératrice France", "operator", PASSWORD, countries="FR")
+    accounts.create("boss", "Admin", "admin", PASSWORD)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,9 +104,9 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:
-    """A phone-sized window, signed in as the operator for France."""
+@contextlib.contextmanager
+def signed_in(browser: Any, server: str, username: str) -> Iterator[Any]:
+    """A phone-sized window, signed in through the login page."""
     context = browser.new_context(viewport={"width": 390, "height": 844}, locale="fr-FR", base_url=server)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -116,7 +117,7 @@ def page(browser: Any, server: str) -> Iterator[Any]:
     page.js_errors = errors  # type: ignore[attr-defined]
     page.goto("/console/operators")
     page.wait_for_url("**/console/login**")
-    page.fill("#username", "fr_operator")
+    page.fill("#username", username)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url("**/console/operators")
@@ -124,6 +125,18 @@ def page(browser: Any, server: str) -> Iterator[Any]:
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    with signed_in(browser, server, "fr_operator") as page:
+        yield page
+
+
+@pytest.fixture
+def admin_page(browser: Any, server: str) -> Iterator[Any]:
+    with signed_in(browser, server, "boss") as page:
+        yield page
 
 
 def test_the_dashboard_draws_every_indicator_with_csv_links(page: Any) -> None:
@@ -189,3 +202,27 @@ def test_a_campaign_from_an_example_to_a_paused_run(page: Any) -> None:
     expect(page.locator(".run .badge").first).to_have_text("en pause")
     # The one refusal is the broken file above.
     assert [e.split(" ", 1)[0] + " " + e.rsplit("/", 1)[-1] for e in page.js_errors] == ["422 validate?name=exam_period_parents.yml"]  # type: ignore[attr-defined]
+
+
+def test_an_admin_creates_an_operator_and_an_api_token(admin_page: Any) -> None:
+    page = admin_page
+    expect(page.locator("a.op-tab")).to_have_count(5)
+    page.click("a.op-tab[href='/console/operators/accounts']")
+    page.wait_for_selector("[data-account]")
+    page.fill("#new-username", "nadia")
+    page.fill("#new-display_name", "Nadia <b>K.</b>")
+    page.select_option("#op-role", "operator")
+    page.fill("#new-password", PASSWORD)
+    page.fill("#new-countries", "BE,NL")
+    page.fill("#new-languages", "fr,ar")
+    page.click("#new-account button[type=submit]")
+    item = page.locator("li.run", has_text="nadia")
+    expect(item).to_contain_text("Nadia <b>K.</b> (nadia)")   # a name is text, never markup
+    assert page.locator("main b").count() == 0
+    item.get_by_role("button", name="Jetons d'API").click()
+    page.fill("#tokens input", "tableau de bord")
+    page.click("#tokens .row button")
+    expect(page.locator("#tokens code")).to_have_count(1)
+    assert len(page.locator("#tokens code").inner_text()) >= 20
+    expect(page.locator("#tokens tbody tr")).to_have_count(1)
+    assert page.js_errors == []  # type: ignore[attr-defined]
