@@ -93,3 +93,13 @@ def disclosure_claim(address_hash: str) -> str:
 
 # Held by the gateway process that runs the daily retention purge (the others skip it).
 PURGE_LOCK = f"{PREFIX}privacy:purge-lock"
+
+
+def fallbacks_in_a_row(contact_id: int) -> str:
+    """Messages in a row the assistant did not understand (the second one hands over to a mediator)."""
+    return f"{PREFIX}mediation:fallbacks:{contact_id}"
+
+
+# Pub/sub channel (not a key): handoff.opened | handoff.updated | message.in | message.out, with
+# the handoff id and country only, for the mediators' live console (/api/mediation/events).
+MEDIATION_EVENTS = f"{PREFIX}mediation-events"

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     # Flood control: messages a sender may send per minute before a polite "slow down".
     sender_messages_per_minute: int = 20
 
+    # Mediators: the Telegram group (chat id, e.g. -1001234567890) told about handoffs left
+    # waiting past escalation_wait_minutes (content/mediation.yml); unset, none is told. And how
+    # often each gateway process looks for such handoffs.
+    mediators_telegram_chat_id: Optional[str] = None
+    mediation_check_seconds: float = 30.0
+
     # Console sessions (jisr.auth): ended after this long without a request, and in any case
     # this long after signing in (a stolen cookie does not live for ever).
     session_idle_minutes: int = 8 * 60

@@ -24,6 +24,8 @@ STACK_SECRETS = {
     "webchat_secret": "webchat-test-secret",
     "operator_api_token": "operator-test-token",
 }
+# The mediators' Telegram group of the stack (escalations go there).
+MEDIATORS_GROUP = "-1009990001"
 
 
 @pytest.fixture(scope="session")
@@ -155,6 +157,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             var_dir=tmp,
             operator_api_token=s["operator_api_token"],
             sender_messages_per_minute=5,
+            # Escalated handoffs are told to this (simulated) Telegram group; checked often (test_mediation).
+            mediators_telegram_chat_id=MEDIATORS_GROUP,
+            mediation_check_seconds=0.5,
         )
         twilio_url, telegram_url, graph_url = urls["twilio"], urls["telegram"], urls["graph"]
         with _slow_start_server(create_app(settings)) as gateway_url:

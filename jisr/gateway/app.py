@@ -31,6 +31,8 @@ from jisr.console import operators as operators_console
 from jisr.gateway import operators_api
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
+from jisr.mediation import api as mediation_api
+from jisr.mediation.service import Mediation
 from jisr.outbox import REPLIES_QUEUE, Outbox, SendContext, build_worker
 from jisr.privacy.logs import keep_personal_data_out_of_logs
 from jisr.privacy.pseudonym import configure as configure_pseudonyms
@@ -107,15 +109,24 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
         disclosure_after_silence_days=settings.disclosure_after_silence_days,
     )
     services = Services(settings, handle, store, outbox, gateway, connectors, privacy=ConversationRedis.from_handle(handle))
+    # Handoffs to mediators: the gateway holds conversations a person took over (jisr/mediation).
+    gateway.mediation = Mediation(
+        assistant, store, redis_client, outbox, gateway.replies,
+        telegram_group=settings.mediators_telegram_chat_id, console_url=settings.public_url,
+    )
     if run_worker:
         worker = build_worker(SendContext(connectors, store), handle.host, handle.port, handle.db, handle.password, queue=REPLIES_QUEUE)
         outbox.on_enqueue = worker.wake  # a reply queued here is sent at once, not at the next poll
         services.worker_task = asyncio.create_task(worker.async_run())
         services.purge_task = asyncio.create_task(purge_daily(store.engine, services.privacy, settings.retention_days))
+        # Escalation of handoffs left waiting: every process checks, each handoff is escalated once.
+        gateway.mediation.start_escalation(settings.mediation_check_seconds)
     return services
 
 
 async def stop_services(services: Services) -> None:
+    if getattr(services.gateway, "mediation", None) is not None:
+        await services.gateway.mediation.stop()
     if services.purge_task is not None:
         services.purge_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -307,6 +318,9 @@ def create_app(
 
     # -- the operators' console API: indicators, contacts, imports, content ----------------
     app.include_router(operators_api.router)
+
+    # -- the mediators' API: handoffs, replies, notes, live events, figures ------------------
+    app.include_router(mediation_api.router)
 
     # -- consoles (mediators, operators): pages and their static files ---------------------
     install_consoles(app)

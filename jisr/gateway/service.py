@@ -61,6 +61,8 @@ class Gateway:
         self.replies = replies or default_reply_book()
         self.sender_messages_per_minute = sender_messages_per_minute
         self.disclosure_after_silence_days = disclosure_after_silence_days
+        # jisr.mediation.service.Mediation, set by start_services: holds conversations a person took over.
+        self.mediation: Any = None
 
     async def handle(self, event: InboundEvent) -> InboundOutcome:
         if isinstance(event, StatusUpdate):
@@ -101,6 +103,10 @@ class Gateway:
             logger.info("platform opt-out on %s for %s", message.channel.value, address_hash(contact.address))
             return InboundOutcome("opted_out")
 
+        if self.mediation is not None and await self.mediation.hold(contact, message, message_id) is not None:
+            # A mediator holds the conversation: the message is theirs (logged above), the bot says nothing.
+            return InboundOutcome("held")
+
         flood = await self._flood_state(contact)
         if flood == "ignore":
             return InboundOutcome("flood_ignored")
@@ -135,9 +141,13 @@ class Gateway:
             await asyncio.to_thread(
                 self.store.record_consent, contact.id, CONSENT_OF_INTENT[turn.intent], "conversation", None, message.channel.value
             )
-        await self._queue(contact, message, turn.replies, language=turn.language)
+        replies = list(turn.replies)
+        if self.mediation is not None:
+            # A request, two messages not understood, or a sensitive situation: hand over to a person.
+            replies = await self.mediation.after_turn(contact, message, turn, replies)
+        await self._queue(contact, message, replies, language=turn.language)
         logger.info("answered %s on %s (intent %s)", address_hash(contact.address), message.channel.value, turn.intent)
-        return InboundOutcome("processed", turn=turn, replies=tuple(turn.replies))
+        return InboundOutcome("processed", turn=turn, replies=tuple(replies))
 
     async def _flood_state(self, contact: Contact) -> str:
         """ok, warn (the first message over the limit gets a polite answer) or ignore (logged, not answered)."""

@@ -21,6 +21,7 @@ from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
 CONFIG_PATH = CONTENT_DIR / "mediation.yml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 REASONS = ("safety", "harassment", "dropout", "discrimination", "school_conflict", "request", "not_understood")
+DEFAULT_ESCALATION_NOTICE = "Jisr: conversation {id} waiting for {minutes} min ({reason}, priority {priority}, {country}, {language}). {link}"
 _ARABIC = re.compile("[\u0600-\u06ff]")
 
 
@@ -84,6 +85,7 @@ class MediationConfig:
     whatsapp_templates: Mapping[str, str]
     messenger_human_agent: dt.timedelta
     quick_replies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    escalation_notice: str = DEFAULT_ESCALATION_NOTICE
 
     def hours(self, country: Optional[str]) -> WorkingHours:
         return self.hours_by_country.get((country or "").upper(), self.default_hours)
@@ -122,6 +124,7 @@ class MediationConfig:
             whatsapp_templates={str(k): str(v) for k, v in templates.items()},
             messenger_human_agent=dt.timedelta(days=_positive(data, "messenger_human_agent_days", 7)),
             quick_replies=quick,
+            escalation_notice=str(data.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE),
         )
 
     @classmethod
@@ -139,13 +142,13 @@ def _positive(data: Mapping[str, Any], name: str, default: float) -> float:
 def _hours(spec: Any, where: str) -> WorkingHours:
     if not isinstance(spec, Mapping):
         raise MediationConfigError(f"{where}: must map timezone, days, start and end")
+    if "timezone" not in spec:
+        raise MediationConfigError(f"{where}.timezone: missing")
+    zone = str(spec["timezone"])
     try:
-        zone = str(spec["timezone"])
         ZoneInfo(zone)
-    except KeyError:
-        raise MediationConfigError(f"{where}.timezone: missing") from None
-    except Exception:
-        raise MediationConfigError(f"{where}.timezone: '{spec['timezone']}' is not an IANA time zone") from None
+    except Exception:  # ZoneInfoNotFoundError, or a malformed name
+        raise MediationConfigError(f"{where}.timezone: '{zone}' is not an IANA time zone") from None
     days = spec.get("days") or []
     bad = [d for d in days if str(d).lower() not in WEEKDAYS]
     if bad or not days:

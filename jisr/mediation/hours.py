@@ -93,5 +93,6 @@ def eta_text(replies: ReplyBook, language: str, when: Eta, zone: ZoneInfo, now: 
     elif local.date() == today + dt.timedelta(days=1):
         day = str(days["tomorrow"])
     else:
-        day = format_date(local.date(), format="EEEE", locale=language if language in REPLY_LANGUAGES else "fr")
+        weekday = format_date(local.date(), format="EEEE", locale=language if language in REPLY_LANGUAGES else "fr")
+        day = str(days.get("weekday", "{weekday}")).format(weekday=weekday)
     return replies.text("handoff_eta_next_shift", language, day=day, time=time)
