@@ -462,6 +462,15 @@ def test_a_burst_of_parallel_attempts_cannot_slip_under_the_limit(web):
     assert sum(refusal is None for refusal, _attempt in outcomes) == 5
 
 
+def test_clients_are_limited_by_ipv4_address_or_ipv6_slash_64():
+    from jisr.auth.ratelimit import client_bucket
+
+    assert client_bucket("2001:db8:1:2:aaaa::1") == client_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert client_bucket("2001:db8:1:3::1") != client_bucket("2001:db8:1:2::1")
+    assert client_bucket("::ffff:192.0.2.7") == client_bucket("192.0.2.7") == "192.0.2.7"
+    assert client_bucket("testclient") == "testclient" and client_bucket("") == "unknown"
+
+
 def test_the_limiter_keys_hold_no_username_or_address(web, people):
     web.client.post("/api/auth/login", json={"username": "samir", "password": "guess guess guess"})
     keys = [k.decode() for k in web.client.app.state.services.redis.sync_client().keys("jisr:login-failures:*")]

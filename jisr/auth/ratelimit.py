@@ -11,6 +11,7 @@ Usernames and client addresses are hashed in the keys (no address in Redis in cl
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import secrets
 import time
@@ -24,6 +25,20 @@ from jisr import keys
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def client_bucket(address: str) -> str:
+    """The unit a client is limited by: its IPv4 address, or its IPv6 /64 (one subscriber gets a
+    whole /64 and could otherwise try from a new address at every attempt)."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class LoginLimiter:
     def _keys(self, username: str, client: str) -> dict[str, tuple[str, int]]:
         return {
             "username": (keys.login_failures("user", _hash((username or "").strip().lower())), self.per_username),
-            "client": (keys.login_failures("client", _hash(client or "unknown")), self.per_client),
+            "client": (keys.login_failures("client", _hash(client_bucket(client))), self.per_client),
         }
 
     async def begin(self, username: str, client: str) -> tuple[Optional[Refusal], str]:
