@@ -226,6 +226,8 @@ def _login_page(
     headers = {
         "Cache-Control": "no-store",
         "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     }
     if retry_after:
