@@ -311,7 +311,7 @@ def test_a_version_1_database_is_migrated_without_losing_contacts(tmp_path, monk
         inspector = sa.inspect(conn)
         assert {c["name"] for c in inspector.get_columns("consent_events")} == set(schema.consent_events.c.keys())
         assert {c["name"] for c in inspector.get_columns("contacts")} == set(schema.contacts.c.keys())
-        assert {i["name"] for i in inspector.get_indexes("consent_events")} == {"ix_consent_events_contact_at"}
+        assert {i["name"] for i in inspector.get_indexes("consent_events")} == {"ix_consent_events_contact_at", "ix_consent_events_consent_at"}  # step 8: opt-outs by time
 
 
 def test_several_databases_in_one_process(tmp_path):

@@ -400,3 +400,20 @@ def test_a_question_the_assistant_did_not_understand_reaches_the_unanswered_indi
         assert (ours["messages"], ours["families"]) == (2, 2)
     finally:
         engine.dispose()
+
+
+def test_the_period_filters_read_through_indexes(seeded: tuple[Engine, dict[str, int]]) -> None:
+    """Migration step 8's indexes exist on both backends, and SQLite's plan for a week of
+    questions uses the one on messages (no scan of the whole message log)."""
+    engine, _ = seeded
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        assert "ix_messages_direction_created" in {i["name"] for i in inspector.get_indexes("messages")}
+        assert "ix_consent_events_consent_at" in {i["name"] for i in inspector.get_indexes("consent_events")}
+        assert "ix_handoffs_created" in {i["name"] for i in inspector.get_indexes("handoffs")}
+        if engine.dialect.name == "sqlite":
+            week = Scope(since=dt.datetime(2026, 10, 1, tzinfo=UTC), until=dt.datetime(2026, 10, 8, tzinfo=UTC))
+            query = sa.select(messages.c.intent, sa.func.count()).where(messages.c.direction == "in", *week.period(messages.c.created_at)).group_by(messages.c.intent)
+            compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+            assert "ix_messages_direction_created" in plan, plan

@@ -35,7 +35,7 @@ telegram,123456789,ary,,ES-CT,student,lower_secondary,europe/madrid,non
 messenger,2345678901234567,de,DE,DE-BY,parent,,,opted_in
 whatsapp,whatsapp:+4915112345678,,,,,,,no
 """
-TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes"}
+TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes", "suppressed_addresses"}
 INDEXES = {
     "contacts": {"ix_contacts_profile_id"},
     "messages": {"ix_messages_contact_id", "ix_messages_provider_message_id", "ix_messages_contact_created"},
@@ -165,7 +165,7 @@ def test_a_version_1_database_is_migrated_without_losing_contacts(db_url, engine
         inspector = sa.inspect(conn)
         assert {c["name"] for c in inspector.get_columns("contacts")} == set(schema.contacts.c.keys())
         assert {c["name"] for c in inspector.get_columns("consent_events")} == set(schema.consent_events.c.keys())
-        assert {i["name"] for i in inspector.get_indexes("consent_events")} == {"ix_consent_events_contact_at"}
+        assert {i["name"] for i in inspector.get_indexes("consent_events")} == {"ix_consent_events_contact_at", "ix_consent_events_consent_at"}  # step 8: opt-outs by time
 
 
 # -- contacts ---------------------------------------------------------------------------------
