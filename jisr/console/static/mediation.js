@@ -62,7 +62,7 @@
       el('div', { className: 'list-head' },
         el('h2', { text: t('mediation.list_title') }),
         liveBadge,
-        el('button', { type: 'button', className: 'btn btn-quiet', text: t('mediation.refresh'), on: { click: () => loadList() } })),
+        el('button', { type: 'button', className: 'btn btn-quiet', id: 'refresh', text: t('mediation.refresh'), on: { click: () => loadList() } })),
       el('div', { className: 'filters' }, statusFilter, countryFilter, languageFilter),
       listBox, emptyBox);
   }
@@ -76,6 +76,11 @@
     // The server counts up to the claim for a held case; only a waiting one keeps waiting.
     const since = handoff.status === 'waiting' ? (Date.now() - state.listLoadedAt) / 1000 : 0;
     return Number(handoff.waiting_seconds || 0) + since;
+  }
+
+  function waitingText(handoff) {
+    const key = handoff.status === 'waiting' ? 'mediation.waiting_for' : 'mediation.waited';
+    return t(key, { duration: duration(waitingNow(handoff)) });
   }
 
   function isSafety(handoff) {
@@ -101,7 +106,7 @@
         el('span', { className: 'handoff-language', text: handoff.language || '?' }),
         el('span', { className: 'handoff-country', text: handoff.country || '?' }),
         el('span', { text: handoff.channel || '' }),
-        el('span', { className: 'handoff-waiting', text: t('mediation.waiting_for', { duration: duration(waitingNow(handoff)) }) }),
+        el('span', { className: 'handoff-waiting', text: waitingText(handoff) }),
         el('span', { className: 'handoff-assigned', text: assigned, dir: 'auto' })));
     return el('li', null, button);
   }
@@ -117,7 +122,7 @@
     for (const node of listBox.querySelectorAll('.handoff')) {
       const handoff = state.handoffs.find(h => String(h.id) === node.dataset.id);
       const label = node.querySelector('.handoff-waiting');
-      if (handoff && label) label.textContent = t('mediation.waiting_for', { duration: duration(waitingNow(handoff)) });
+      if (handoff && label) label.textContent = waitingText(handoff);
     }
   }
 
@@ -153,17 +158,22 @@
   function buildConversation(id) {
     clear(convPane);
     conv.id = id;
+    conv.actionsSignature = null;
     conv.head = el('div', { className: 'conv-head' });
     conv.profile = el('dl', { className: 'profile', id: 'profile' });
     conv.actions = el('div', { className: 'actions', id: 'actions' });
     conv.transcript = el('div', { className: 'transcript', id: 'transcript', attrs: { 'aria-label': t('mediation.family') } });
     conv.window = el('p', { className: 'window', id: 'window' });
     conv.quick = el('div', { className: 'quick', id: 'quick-replies', attrs: { 'aria-label': t('mediation.reply.quick') } });
+    conv.quickSummary = el('summary', { text: t('mediation.reply.quick') });
+    // Folded on a phone (seven long answers would push the reply box off screen), open when wide.
+    conv.quickBox = el('details', { className: 'quick-box', id: 'quick-box' }, conv.quickSummary, conv.quick);
+    conv.quickBox.open = window.matchMedia('(min-width: 900px)').matches;
     conv.text = el('textarea', { id: 'reply-text', dir: 'auto', placeholder: t('mediation.reply.placeholder'), attrs: { rows: 3, maxlength: 4000, 'aria-label': t('mediation.reply.label') },
       on: { keydown: event => { if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) { event.preventDefault(); sendReply(); } } } });
     conv.send = el('button', { type: 'button', className: 'btn', id: 'reply-send', text: t('mediation.reply.send'), on: { click: sendReply } });
     conv.claimFirst = el('p', { className: 'muted', id: 'held-by-other', text: t('mediation.reply.held_by_other'), hidden: true });
-    conv.reply = el('div', { className: 'reply', id: 'reply' }, conv.quick, el('div', { className: 'reply-row' }, conv.text, conv.send));
+    conv.reply = el('div', { className: 'reply', id: 'reply' }, conv.quickBox, el('div', { className: 'reply-row' }, conv.text, conv.send));
     conv.notesList = el('ul', { id: 'notes' });
     conv.noteText = el('textarea', { id: 'note-text', dir: 'auto', placeholder: t('mediation.notes.placeholder'), attrs: { rows: 2, maxlength: 4000, 'aria-label': t('mediation.notes.title') } });
     conv.notes = el('div', { className: 'notes' },
@@ -191,12 +201,13 @@
   function renderHead(detail) {
     const handoff = detail.handoff;
     clear(conv.head);
-    conv.head.append(
+    conv.head.append(...[
       el('h2', { text: `${t('mediation.family')} #${handoff.id} — ${t('mediation.reason.' + handoff.reason)}` }),
       el('span', { className: 'badge ' + (isSafety(handoff) ? 'badge-safety' : ''), text: t('mediation.priority', { n: handoff.priority }) }),
       el('span', { className: 'badge', id: 'conv-status', dataset: { status: handoff.status }, text: t('mediation.status.' + handoff.status) }),
       handoff.escalated ? el('span', { className: 'badge badge-escalated', text: t('mediation.escalated') }) : null,
-      el('span', { className: 'muted', id: 'conv-assigned', dir: 'auto', text: handoff.assigned_to ? t('mediation.assigned_to', { name: handoff.assigned_to.display_name }) : t('mediation.unassigned') }));
+      el('span', { className: 'muted', id: 'conv-assigned', dir: 'auto', text: handoff.assigned_to ? t('mediation.assigned_to', { name: handoff.assigned_to.display_name }) : t('mediation.unassigned') }),
+    ].filter(Boolean));
     const contact = detail.contact || {};
     clear(conv.profile);
     conv.profile.append(
@@ -228,16 +239,27 @@
 
   function renderActions(detail) {
     const handoff = detail.handoff;
+    // Rebuilt only when who holds it changes: a live update must not reset a colleague being
+    // picked for a transfer, or a confirmation half-way.
+    const signature = `${handoff.status}|${handoff.assigned_to ? handoff.assigned_to.id : ''}`;
+    if (conv.actionsSignature === signature) return;
+    conv.actionsSignature = signature;
     clear(conv.actions);
     if (!isOpen(handoff)) return;
-    if (!isMine(handoff)) conv.actions.appendChild(el('button', { type: 'button', className: 'btn', id: 'claim', text: t('mediation.action.claim'), on: { click: () => act('claim', undefined, 'claim') } }));
+    const admin = Boolean(state.account && state.account.role === 'admin');
+    const mine = isMine(handoff);
+    // Only the holder (or an admin) acts on a held case; the hint above the reply box says so.
+    if (handoff.assigned_to && !mine && !admin) return;
+    if (!mine) conv.actions.appendChild(el('button', { type: 'button', className: 'btn', id: 'claim', text: t('mediation.action.claim'), on: { click: () => act('claim', undefined, 'claim') } }));
     if (handoff.status === 'waiting') conv.actions.appendChild(el('button', { type: 'button', className: 'btn btn-quiet', id: 'auto-assign', text: t('mediation.action.auto_assign'), on: { click: () => act('assign', { account_id: null }, 'assign') } }));
     const colleagues = el('select', { id: 'transfer-to', attrs: { 'aria-label': t('mediation.action.transfer_to') } }, el('option', { value: '', text: t('mediation.action.transfer_to') }));
     const transfer = el('button', { type: 'button', className: 'btn btn-quiet', id: 'transfer', text: t('mediation.action.transfer'), disabled: true,
       on: { click: () => { if (colleagues.value) act('transfer', { account_id: Number(colleagues.value) }, 'transfer'); } } });
     colleagues.addEventListener('change', () => { transfer.disabled = !colleagues.value; });
-    conv.actions.appendChild(el('span', { className: 'transfer' }, colleagues, transfer));
-    loadColleagues(handoff.id, colleagues);
+    if (mine || admin) {
+      conv.actions.appendChild(el('span', { className: 'transfer' }, colleagues, transfer));
+      loadColleagues(handoff.id, colleagues);
+    }
     conv.actions.appendChild(confirmButton('hand-back', t('mediation.action.hand_back'), t('mediation.action.confirm_hand_back'), () => act('hand-back', undefined, 'hand_back'), 'btn-quiet'));
     conv.actions.appendChild(confirmButton('resolve', t('mediation.action.resolve'), t('mediation.action.confirm_resolve'), () => act('resolve', undefined, 'resolve'), 'btn-danger'));
   }
@@ -329,7 +351,10 @@
       }
     }
     clear(conv.quick);
-    for (const reply of state.quickReplies.get(code)) {
+    const replies = state.quickReplies.get(code);
+    conv.quickBox.hidden = replies.length === 0;
+    conv.quickSummary.textContent = `${t('mediation.reply.quick')} (${replies.length})`;
+    for (const reply of replies) {
       conv.quick.appendChild(el('button', { type: 'button', dir: 'auto', text: reply.label, title: reply.text, on: { click: () => { conv.text.value = reply.text; conv.text.focus(); } } }));
     }
   }
