@@ -341,10 +341,16 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
         contact_id=amina.id, lane="bulk", run_id=seeded["run"], send_id=seeded["send_id"],
     )
 
+    # And a reply still waiting (deferred, as after a provider outage), with no log row to find it by.
+    reply = SendJob(
+        idempotency_key="reply:privacy-deferred", channel="whatsapp", address=AMINA, parts=(("Loubna peut venir jeudi", ()),),
+        contact_id=amina.id, lane="replies",
+    )
+
     async def enqueue() -> bool:
         outbox = await Outbox.connect(handle.host, handle.port, handle.db)
         try:
-            return await outbox.enqueue(job)
+            return await outbox.enqueue(job) and await outbox.enqueue(reply, defer_seconds=300)
         finally:
             await outbox.close()
 
@@ -356,7 +362,7 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
         response = api.delete(f"/api/admin/contacts/{seeded['amina']}", params={"profile": "true"})
     assert response.status_code == 200, response.text
     report = response.json()
-    assert report["contacts"] == 2 and report["jobs_removed"] >= 1 and report["redis_erased"] and report["suppressed"] == 2
+    assert report["contacts"] == 2 and report["jobs_removed"] >= 2 and report["redis_erased"] and report["suppressed"] == 2
 
     assert _sql_traces(gw["engine"], needles) == []
     assert _redis_traces(handle, [n.encode() for n in needles]) == []

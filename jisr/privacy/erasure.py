@@ -141,10 +141,23 @@ async def _erase_redis(redis: ConversationRedis, target: ErasureTarget) -> int:
         deleted += int(await redis.jisr.delete(keys.disclosure_claim(pseudonym)))
         if channel == "webchat":
             deleted += int(await redis.jisr.delete(keys.webchat_inbox(address_id(address))))
-    names = [keys.dedupe(channel, provider_id) for channel, provider_id in target.inbound_ids]
-    names += [keys.attempts(key) for key in target.part_keys]
+    dedupes = [keys.dedupe(channel, provider_id) for channel, provider_id in target.inbound_ids]
+    names = dedupes + [keys.attempts(key) for key in target.part_keys]
+    # Keys of the reliability and mediation pieces, when this version has them: a message still
+    # being processed (its text and address, by dedupe key), a conversation's reply order, the
+    # count of not-understood messages in a row.
+    reply_order = getattr(keys, "reply_order", None)
+    if reply_order is not None:
+        names += [reply_order(channel, address) for address, channel in zip(target.addresses, target.channels)]
+    fallbacks = getattr(keys, "fallbacks_in_a_row", None)
+    if fallbacks is not None:
+        names += [fallbacks(contact_id) for contact_id in target.contact_ids]
     for start in range(0, len(names), 500):
         deleted += int(await redis.jisr.delete(*names[start : start + 500]))
+    pending = getattr(keys, "INBOUND_PENDING", None)
+    if pending is not None:
+        for start in range(0, len(dedupes), 500):
+            deleted += int(await redis.jisr.hdel(pending, *dedupes[start : start + 500]))
     return deleted
 
 
@@ -160,7 +173,7 @@ async def forget(engine: Engine, redis: Optional[ConversationRedis], contact_id:
     if redis is not None:
         jobs: set[str] = set(target.job_ids)
         for address in target.addresses:
-            jobs |= await redis.queued_jobs_for(address, target.job_ids)
+            jobs |= await redis.reply_jobs_to(address)
         report.jobs_removed = await redis.remove_jobs(sorted(jobs))
     report.rows = await asyncio.to_thread(_erase_sql, engine, target)
     report.suppressed = report.rows.pop("suppressed_addresses", 0)

@@ -10,6 +10,7 @@ Running it twice does nothing more: two gateway processes may both run it safely
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -140,5 +141,6 @@ async def purge_daily(engine: Engine, redis: ConversationRedis, days: int, first
             raise
         except Exception:
             logger.exception("retention purge failed; trying again in an hour")
-            await redis.jisr.delete(keys.PURGE_LOCK)
+            with contextlib.suppress(Exception):  # Redis itself may be what failed
+                await redis.jisr.delete(keys.PURGE_LOCK)
         await asyncio.sleep(TRY_EVERY_SECONDS)

@@ -51,23 +51,18 @@ class ConversationRedis:
         except ValueError:
             return {"unreadable": True, "bytes": len(raw)}
 
-    async def queued_jobs_for(self, address: str, job_ids: Iterable[str]) -> set[str]:
-        """Job ids still known to arq that send to ``address``: the given ids (from the SQL log),
-        plus every job of the replies queue whose payload names the address (a reply queued
-        before its log row was readable). The bulk queue is only looked up by id: campaign
-        sends all have their row, and it may hold a million jobs."""
+    async def reply_jobs_to(self, address: str) -> set[str]:
+        """Ids of the jobs on the replies queue whose payload sends to ``address``.
+
+        Jobs are otherwise found by id from the SQL log (erasure.py); this catches a reply
+        queued without a readable log row. The bulk queue is not scanned (it may hold a
+        million jobs): every campaign send has its row, so its id is known.
+        """
         from arq.jobs import deserialize_job
 
         found: set[str] = set()
-        for job_id in set(job_ids):
-            if await self.jisr.exists(*(prefix + job_id for prefix in ARQ_JOB_PREFIXES)):
-                found.add(job_id)
-            elif any([await self.jisr.zscore(queue, job_id) is not None for queue in QUEUES]):
-                found.add(job_id)
         for raw_id in await self.jisr.zrange(REPLIES_QUEUE, 0, -1):
             job_id = raw_id.decode()
-            if job_id in found:
-                continue
             body = await self.jisr.get("arq:job:" + job_id)
             if body is None:
                 continue
