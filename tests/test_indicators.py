@@ -398,6 +398,15 @@ def test_a_question_the_assistant_did_not_understand_reaches_the_unanswered_indi
         rows = table(indicators.unanswered(engine, Scope()))
         [ours] = [r for r in rows if r["question"] == "zxqv plorb vrask"] or [json.dumps(rows, ensure_ascii=False)]
         assert (ours["messages"], ours["families"]) == (2, 2)
+        # The running gateway serves the same figure to an operator, as CSV.
+        from jisr.auth.store import AccountStore
+
+        accounts = AccountStore(engine)
+        operator = accounts.get_by_username("indicators_e2e") or accounts.create("indicators_e2e", "E2E", "operator", "correct horse battery staple", countries="*")
+        token = accounts.create_token(operator.id, "e2e").token
+        response = httpx.get(f"{stack['gateway']}/api/operators/indicators/unanswered.csv", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert "zxqv plorb vrask,2,2," in response.text
     finally:
         engine.dispose()
 
