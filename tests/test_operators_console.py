@@ -30,14 +30,30 @@ from jisr.redisconn import connect_redis
 from jisr.settings import Settings
 from jisr.store.contacts import ContactStore, create_db_engine
 from jisr.store.schema import audit_log, contacts
+from pg_server import postgres_server
 
 PASSWORD = "correct horse battery staple 42"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+def pg_server_url() -> Iterator[str]:
+    with postgres_server(timezone="America/St_Johns") as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The API on SQLite and on PostgreSQL (LIKE escaping, case folding and binds differ)."""
     tmp: Path = tmp_path_factory.mktemp("operators")
-    url = f"sqlite:///{tmp / 'jisr.db'}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'jisr.db'}"
+    else:
+        server = request.getfixturevalue("pg_server_url")
+        admin = sa.create_engine(server, future=True, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text('CREATE DATABASE "operators_api"'))
+        admin.dispose()
+        url = server.rsplit("/", 1)[0] + "/operators_api"
     settings = Settings(database_url=url, var_dir=tmp, operator_api_token=None)
     redis = connect_redis(None, directory=tmp)
     engine = create_db_engine(url)
