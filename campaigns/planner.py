@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from campaigns.definitions import MESSENGER_SKIP, Campaign, _calendar_region, render
 from jisr.calendars import CalendarBook, CalendarEvent, default_calendars
 from jisr.outbox import DEFAULT_RATES
+from jisr.progress import ProgressFactory
 from jisr.store.campaigns import CampaignStore
 from jisr.store.contacts import Contact
 
@@ -331,11 +332,13 @@ def _expand(
     now: dt.datetime,
     calendars: CalendarBook,
     summary: Summary,
+    progress: Optional[ProgressFactory] = None,
 ) -> Iterator[tuple[Occurrence, list[Decision]]]:
     """Each occurrence's decisions, one batch of contacts at a time, counted into ``summary``.
 
     Sends decided earlier in this expansion count towards the cap of later ones (``pending``),
-    whether or not the caller writes them, so preview and plan agree.
+    whether or not the caller writes them, so preview and plan agree. ``progress`` is told of
+    each batch of contacts read (the total is counted first: one cheap query per country).
     """
     audience = campaign.audience
     channels = [c for c in audience.reached_channels if c in PUSH_CHANNELS]
@@ -348,6 +351,10 @@ def _expand(
     groups: dict[Optional[str], list[Occurrence]] = {}
     for occurrence in found:
         groups.setdefault(occurrence.country, []).append(occurrence)
+    bar = None
+    if progress is not None:
+        total = sum(store.count_contacts(countries=(country,) if country else audience.countries, channels=channels) for country in groups)
+        bar = progress("contacts", total)
     for country, group in groups.items():
         countries = (country,) if country else audience.countries
         # Every send falls on one of the group's send days (the next day when clamped, ±14 h
@@ -362,6 +369,8 @@ def _expand(
                     country=c.country, language=c.language, role=c.role, channel=c.channel, level=c.school_level, region=c.region
                 )
             ]
+            if bar is not None:
+                bar.advance(len(batch))
             if not members:
                 continue
             stored = store.counted_sends(members[0].id, members[-1].id, start, end)
@@ -378,6 +387,8 @@ def _expand(
                         pending.setdefault(contact.id, {})[decision.idempotency_key] = decision.scheduled_at
                     decisions.append(decision)
                 yield occurrence, decisions
+    if bar is not None:
+        bar.finish()
 
 
 def parse_now(value: Optional[str]) -> dt.datetime:
@@ -411,6 +422,7 @@ def preview(
     store: CampaignStore,
     now: Optional[dt.datetime] = None,
     calendars: Optional[CalendarBook] = None,
+    progress: Optional[ProgressFactory] = None,
 ) -> Preview:
     """What ``plan`` would write now, without writing; with one rendered message per language."""
     started = time.perf_counter()
@@ -418,7 +430,7 @@ def preview(
     calendars = calendars if calendars is not None else default_calendars()
     result = Preview(campaign_id=campaign.id, now=now)
     first: Optional[Occurrence] = None
-    for occurrence, _decisions in _expand(campaign, store, now, calendars, result):
+    for occurrence, _decisions in _expand(campaign, store, now, calendars, result, progress):
         first = first or occurrence
     if first is None:
         found = occurrences(campaign, now, calendars)
@@ -440,6 +452,7 @@ def plan(
     store: CampaignStore,
     now: Optional[dt.datetime] = None,
     calendars: Optional[CalendarBook] = None,
+    progress: Optional[ProgressFactory] = None,
 ) -> Plan:
     """Write one run per occurrence and one send per audience contact (planned or skipped).
 
@@ -451,7 +464,7 @@ def plan(
     calendars = calendars if calendars is not None else default_calendars()
     result = Plan(campaign_id=campaign.id, now=now)
     digest = source_hash(campaign)
-    for occurrence, decisions in _expand(campaign, store, now, calendars, result):
+    for occurrence, decisions in _expand(campaign, store, now, calendars, result, progress):
         if occurrence.key not in result.runs:
             result.runs[occurrence.key], _ = store.get_or_create_run(campaign.id, occurrence.key, digest)
         run_id = result.runs[occurrence.key]

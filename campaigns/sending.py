@@ -37,6 +37,7 @@ from campaigns.planner import Occurrence, Plan, occurrences, plan
 from connectors.base import window_open
 from jisr.calendars import CalendarBook, default_calendars
 from jisr.outbox import BULK_QUEUE, Outbox, SendContext, SendJob
+from jisr.progress import ProgressFactory
 from jisr.store.campaigns import CampaignStore
 
 UTC = dt.timezone.utc
@@ -101,26 +102,36 @@ async def schedule(
     outbox: Outbox,
     now: Optional[dt.datetime] = None,
     calendars: Optional[CalendarBook] = None,
+    progress: Optional[ProgressFactory] = None,
 ) -> ScheduleResult:
-    """Plan, then queue every pending send of the campaign's runs, each deferred to its time."""
+    """Plan, then queue every pending send of the campaign's runs, each deferred to its time.
+
+    ``progress`` reports the planning (contacts read) and then the queueing (jobs)."""
     calendars = calendars if calendars is not None else default_calendars()
-    planned = await asyncio.to_thread(plan, campaign, store, now, calendars)
+    planned = await asyncio.to_thread(plan, campaign, store, now, calendars, progress)
     result = ScheduleResult(planned)
     by_key = {o.key: o for o in occurrences(campaign, planned.now, calendars)}
+    pending = {}
+    for run_id in planned.runs.values():
+        await asyncio.to_thread(store.set_run_state, run_id, "running", ("planned",))
+        pending[run_id] = await asyncio.to_thread(store.pending_sends, run_id)
+    bar = progress("jobs queued", sum(len(s) for s in pending.values())) if progress is not None else None
     for occurrence_key, run_id in planned.runs.items():
         occurrence = by_key.get(occurrence_key)
-        await asyncio.to_thread(store.set_run_state, run_id, "running", ("planned",))
-        sends = await asyncio.to_thread(store.pending_sends, run_id)
         queued: list[int] = []
-        for send in sends:
+        for send in pending[run_id]:
             job = campaign_job(campaign, occurrence, send, run_id)
             if await outbox.enqueue(job, defer_until=send["scheduled_at"]):
                 result.enqueued += 1
             else:
                 result.already_queued += 1
             queued.append(send["id"])
+            if bar is not None:
+                bar.advance()
         await asyncio.to_thread(store.mark_queued, queued)
         result.by_run[run_id] = len(queued)
+    if bar is not None:
+        bar.finish()
     return result
 
 
@@ -148,10 +159,9 @@ async def prepare(send_ctx: SendContext, job: SendJob) -> Union[SendJob, str]:
     if reason is not None:
         await asyncio.to_thread(store.skip_send, job.send_id, reason)
         return f"skipped {reason}"
-    # Logged like a reply before sending: the log's status is what stops a second send after a
-    # crash, and its provider id is how receipts find the message (and the campaign send).
-    logged = job.parts[0][0] if not job.template_sid else f"[template {job.template_sid}] " + " | ".join(v for _, v in job.template_variables)
-    await asyncio.to_thread(send_ctx.store.log_outbound, state["contact_id"], job.channel, logged, job.part_key(0))
+    # The send loop logs it like a reply, claimed, in the transaction that claims it: the log's
+    # status is what stops a second send after a crash, and its provider id is how receipts find
+    # the message (and the campaign send).
     return job
 
 

@@ -277,7 +277,8 @@ class TelegramConnector(Connector):
         self.api_base = api_base.rstrip("/")
         self.poll_timeout = poll_timeout
         _install_log_redaction(token)
-        self._request = HTTPXRequest(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout)
+        # PTB's default pool is one connection: a send worker's concurrent sends would queue on it.
+        self._request = HTTPXRequest(connection_pool_size=8, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout)
         # getUpdates holds its connection open for poll_timeout seconds; PTB adds
         # that to this read timeout, so it needs its own request object.
         self._updates_request = HTTPXRequest(connection_pool_size=1, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout)

@@ -163,7 +163,7 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 
     name = str(args.file)
     try:
-        report = import_csv(_contact_store(), args.file, args.source_basis, dry_run=args.dry_run, name=name)
+        report = import_csv(_contact_store(), args.file, args.source_basis, dry_run=args.dry_run, name=name, progress=_progress())
     except CsvFileError as error:
         if args.json:
             print(json.dumps({"file": name, "error": str(error)}, ensure_ascii=False))
@@ -272,6 +272,13 @@ def _load_for_planning(args: argparse.Namespace) -> Any:
     return campaign, CampaignStore(_contact_store().engine), now
 
 
+def _progress() -> Any:
+    """Progress of a long operation on stderr: a bar on a terminal, a line every 10 % elsewhere."""
+    from jisr.progress import on_stderr
+
+    return on_stderr
+
+
 def _print_summary(data: dict[str, Any]) -> None:
     print(f"campaign {data['campaign']}: {data['planned']} sends planned over {len(data['occurrences'])} occurrences")
     for name in ("by_country", "by_language", "by_channel", "by_form", "excluded"):
@@ -290,7 +297,7 @@ def cmd_campaigns_preview(args: argparse.Namespace) -> int:
     loaded = _load_for_planning(args)
     if isinstance(loaded, int):
         return loaded
-    result = preview(*loaded)
+    result = preview(*loaded, progress=_progress())
     data = result.as_dict()
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
@@ -312,7 +319,7 @@ def cmd_campaigns_plan(args: argparse.Namespace) -> int:
     if not campaign.enabled:
         print(f"jisr: campaign {campaign.id} is disabled (enabled: false); nothing planned", file=sys.stderr)
         return 1
-    result = plan(*loaded)
+    result = plan(*loaded, progress=_progress())
     data = result.as_dict()
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
@@ -361,7 +368,7 @@ def cmd_campaigns_schedule(args: argparse.Namespace) -> int:
     async def run() -> Any:
         outbox = await _outbox(handle)
         try:
-            return await schedule(campaign, store, outbox, now)
+            return await schedule(campaign, store, outbox, now, progress=_progress())
         finally:
             await outbox.close()
 
@@ -519,6 +526,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 await connector.close()
 
     print(f"jisr worker: sending from the {args.queue} queue" + (" until it is empty" if args.burst else " (Ctrl-C to stop)"), file=sys.stderr)
+    try:
+        import uvloop  # a faster event loop where installed: a send worker is mostly loop and sockets
+
+        uvloop.install()
+    except ImportError:
+        pass
     try:
         asyncio.run(run())
     except KeyboardInterrupt:

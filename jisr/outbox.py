@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -36,7 +37,7 @@ BULK_QUEUE = "jisr:queue:bulk"
 MAX_TRIES = 8
 # arq's own cap on runs of a job. Waiting for capacity, a paused run or a channel pause re-defers
 # the job and arq counts each as a try, so this is a safety net only: real provider failures
-# are counted separately (``_attempt``) and stop at MAX_TRIES.
+# are counted separately (``_take_turn``) and stop at MAX_TRIES.
 ARQ_MAX_TRIES = 10_000
 # Waits for a rate-limit token shorter than this are slept inside the job (no re-queue churn).
 IN_JOB_WAIT_SECONDS = 1.0
@@ -50,20 +51,25 @@ BACKOFF_CAP_SECONDS = 300.0
 # shared/reference/platform-rules.md): overridable in settings.
 DEFAULT_RATES = {Channel.WHATSAPP.value: 10.0, Channel.TELEGRAM.value: 30.0, Channel.MESSENGER.value: 40.0, Channel.WEBCHAT.value: 1000.0}
 
-# A token bucket shared by every worker: one Lua call takes a token or says how long to wait.
-_TAKE_TOKEN = """
-local key, rate, burst, now = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', key, 'tokens', 'at')
+# A token bucket per channel shared by every worker, and one round trip per send: the channel's
+# 429 pause, a rate-limit token and the attempt count of the message, in one Lua call. Returns "w<seconds>" (wait) or "a<attempt number>".
+_TAKE_TURN = """
+local pause = redis.call('PTTL', KEYS[1])
+if pause > 0 then return 'w' .. tostring(pause / 1000) end
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[2], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
 tokens = math.min(burst, tokens + (now - at) * rate)
-if tokens >= 1 then
-  redis.call('HSET', key, 'tokens', tokens - 1, 'at', now)
-  redis.call('PEXPIRE', key, 60000)
-  return 0
+if tokens < 1 then
+  redis.call('HSET', KEYS[2], 'tokens', tokens, 'at', now)
+  redis.call('PEXPIRE', KEYS[2], 60000)
+  return 'w' .. tostring((1 - tokens) / rate)
 end
-redis.call('HSET', key, 'tokens', tokens, 'at', now)
-redis.call('PEXPIRE', key, 60000)
-return tostring((1 - tokens) / rate)
+redis.call('HSET', KEYS[2], 'tokens', tokens - 1, 'at', now)
+redis.call('PEXPIRE', KEYS[2], 60000)
+local n = redis.call('INCR', KEYS[3])
+if n == 1 then redis.call('EXPIRE', KEYS[3], 172800) end
+return 'a' .. n
 """
 
 
@@ -181,36 +187,22 @@ class SendContext:
     paused_recheck_seconds: float = PAUSED_RECHECK_SECONDS
 
 
-async def _wait_for_channel(redis: ArqRedis, channel: str, rate: float) -> Optional[float]:
-    """Seconds to wait before this channel may send again (pause after a 429, or the rate limit), or None."""
-    pause_ms = await redis.pttl(keys.channel_pause(channel))
-    if pause_ms and pause_ms > 0:
-        return pause_ms / 1000.0
-    wait = await redis.eval(_TAKE_TOKEN, 1, keys.channel_tokens(channel), rate, max(rate, 1.0), time.time())
-    wait = float(wait)
-    return wait if wait > 0 else None
+async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> int:
+    """Return once this channel may send (raise Retry when the wait is long: a 429 pause, a busy
+    bucket), having counted one provider call for ``key``; returns the call's number.
 
-
-async def _attempt(redis: ArqRedis, key: str) -> int:
-    """Count one provider call for ``key`` (shared by every worker, kept 2 days).
-
-    Counted apart from arq's job_try, which also counts the re-deferrals that are not
-    failures (rate limit, channel pause, paused run): backoff and MAX_TRIES see real calls only.
+    Calls are counted apart from arq's job_try, which also counts the re-deferrals that are not
+    failures (rate limit, channel pause, paused run): backoff and MAX_TRIES see real calls only;
+    the number is also the call's claim token (unique for the key across workers, kept 2 days).
     """
-    counter = f"{keys.PREFIX}attempts:{key}"
-    count = int(await redis.incr(counter))
-    if count == 1:
-        await redis.expire(counter, 2 * 86400)
-    return count
-
-
-async def _take_capacity(redis: ArqRedis, channel: str, rate: float) -> None:
-    """Return once this channel may send; raise Retry when the wait is long (a 429 pause, a busy bucket)."""
     waited = 0.0
     while True:
-        wait = await _wait_for_channel(redis, channel, rate)
-        if wait is None:
-            return
+        answer = await redis.eval(_TAKE_TURN, 3, keys.channel_pause(channel), keys.channel_tokens(channel), f"{keys.PREFIX}attempts:{key}",
+                                  rate, max(rate, 1.0), time.time())
+        answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if answer.startswith("a"):
+            return int(answer[1:])
+        wait = float(answer[1:])
         if wait > IN_JOB_WAIT_SECONDS or waited + wait > 3 * IN_JOB_WAIT_SECONDS:
             raise Retry(defer=wait)
         await asyncio.sleep(wait)
@@ -249,14 +241,14 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
     connector = send_ctx.connectors[job.channel]
     lease = float(ctx.get("claim_lease_seconds") or CLAIM_LEASE_SECONDS)
     sent = 0
-    for message in job.messages():
+    for index, message in enumerate(job.messages()):
         key = message.idempotency_key or job.idempotency_key
-        if await asyncio.to_thread(store.outbound_status, key) in FINAL_STATUSES:
-            continue  # sent before a crash or a retry: never twice
-        # Waiting for capacity is not a failure: it does not count as an attempt.
-        await _take_capacity(redis, job.channel, send_ctx.rates.get(job.channel, 10.0))
-        tries = await _attempt(redis, key)
-        claim = await _claim(store, connector, message, key, tries, lease, job.send_id)
+        # Waiting for capacity is not a failure: it does not count as an attempt. A part already
+        # sent (a retry after a crash or of a later part) is found settled by the claim: never twice.
+        tries = await _take_turn(redis, job.channel, send_ctx.rates.get(job.channel, 10.0), key)
+        # A campaign send is logged here, with its claim, in one transaction (a reply was logged by the gateway).
+        log = (job.contact_id, job.channel, _logged_text(job, index)) if job.is_campaign and job.contact_id else None
+        claim = await _claim(store, connector, message, key, tries, lease, job.send_id, log)
         if claim == SETTLED:
             continue
         try:
@@ -305,7 +297,7 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
 # Messenger all accept the same message twice), so the provider cannot close the gap for us.
 #
 # So each provider call is preceded by a *claim*, committed before the call: the message's log
-# row goes to status 'sending' with a token (the attempt number from ``_attempt``, unique for
+# row goes to status 'sending' with a token (the attempt number from ``_take_turn``, unique for
 # the key across workers) and the claim's time. Then:
 #
 # - success: 'sent' (mark_sent), as before;
@@ -337,11 +329,28 @@ CLAIM_LEASE_SECONDS = 60.0
 LOOKUP_SKEW_SECONDS = 2.0
 
 
-async def _claim(store: ContactStore, connector: Connector, message: OutboundMessage, key: str, token: int, lease: float, send_id: Optional[int]) -> str:
+def _logged_text(job: SendJob, index: int) -> str:
+    """What the message log keeps of a part: its text, or the template and its variables."""
+    if job.template_sid:
+        return f"[template {job.template_sid}] " + " | ".join(v for _, v in job.template_variables)
+    return job.parts[index][0]
+
+
+async def _claim(
+    store: ContactStore,
+    connector: Connector,
+    message: OutboundMessage,
+    key: str,
+    token: int,
+    lease: float,
+    send_id: Optional[int],
+    log: Optional[tuple[int, str, str]] = None,
+) -> str:
     """Claim ``key`` for the call numbered ``token``: CLAIMED, UNCLAIMED, or SETTLED (sent or
     recorded in doubt by a reconciliation here or by another attempt). Raises Retry while
-    another attempt's claim may still be live."""
-    status, at, holder = await asyncio.to_thread(store.claim_outbound, key, token)
+    another attempt's claim may still be live. ``log`` (contact id, channel, text): log the
+    message in the same transaction when it is not logged yet."""
+    status, at, holder = await asyncio.to_thread(store.claim_outbound, key, token, None, log)
     if status == CLAIMED:
         return CLAIMED
     if status == "missing":
@@ -431,6 +440,9 @@ def build_worker(
         ctx["send_context"] = send_context
         # arq cancels a job running longer than this: a send claim older than it is dead.
         ctx["claim_lease_seconds"] = job_timeout
+        # Every job waits on threads (SQL, the Twilio SDK): the default pool (cores + 4) would
+        # hold most of max_jobs waiting for a thread rather than for the network.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=min(64, max_jobs + 4), thread_name_prefix="send"))
 
     return WakeableWorker(
         functions=[send_message],

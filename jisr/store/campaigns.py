@@ -67,6 +67,16 @@ class CampaignStore:
             if len(rows) < batch_size:
                 return
 
+    def count_contacts(self, *, countries: Sequence[str] = (), channels: Sequence[str] = ()) -> int:
+        """How many contacts ``iter_contact_batches`` would read with the same filters (a progress total)."""
+        query = sa.select(sa.func.count()).select_from(contacts)
+        if countries:
+            query = query.where(sa.func.upper(contacts.c.country).in_([c.upper() for c in countries]))
+        if channels:
+            query = query.where(contacts.c.channel.in_(list(channels)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     # -- sends around a time (the weekly cap) -------------------------------------------------
 
     def counted_sends(

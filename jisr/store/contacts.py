@@ -538,13 +538,16 @@ class ContactStore:
 
     # -- send claims (see jisr.outbox: why a send is claimed before the provider call) ----------
 
-    def claim_outbound(self, idempotency_key: str, token: int, stale_token: Optional[int] = None) -> tuple[str, Optional[dt.datetime], Optional[int]]:
-        """Claim a logged outbound message for one provider call: status 'sending', ``attempts``
+    def claim_outbound(
+        self, idempotency_key: str, token: int, stale_token: Optional[int] = None, log: Optional[tuple[int, str, str]] = None
+    ) -> tuple[str, Optional[dt.datetime], Optional[int]]:
+        """Claim an outbound message for one provider call: status 'sending', ``attempts``
         holding ``token`` (unique per call), ``updated_at`` the claim's time, committed here.
 
         Claims a 'queued' message, or one still held by ``stale_token`` (a dead attempt the
-        caller has reconciled). Returns ("claimed", at, token) or, when someone else holds it
-        or it is settled, (status, claimed at, claim token) as found.
+        caller has reconciled); a message not logged yet is logged claimed when ``log``
+        (contact id, channel, text) is given, in the same transaction. Returns ("claimed", at,
+        token) or, when someone else holds it or it is settled, (status, claimed at, claim token).
         """
         now = _now()
         claimable = messages.c.status == "queued"
@@ -561,6 +564,15 @@ class ContactStore:
             row = conn.execute(
                 sa.select(messages.c.status, messages.c.updated_at, messages.c.attempts).where(messages.c.idempotency_key == idempotency_key)
             ).first()
+            if row is None and log is not None:
+                contact_id, channel, text = log
+                conn.execute(
+                    messages.insert().values(
+                        contact_id=contact_id, direction="out", channel=channel, idempotency_key=idempotency_key, text=_text(text),
+                        status="sending", attempts=token, created_at=now, updated_at=now,
+                    )
+                )
+                return "claimed", now, token
         if row is None:
             return "missing", None, None
         return str(row.status), _aware(row.updated_at), row.attempts

@@ -23,7 +23,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional, TextIO, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, TextIO, Union
 
 import yaml
 
@@ -396,6 +396,7 @@ def import_csv(
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
     name: Optional[str] = None,
+    progress: Optional[Callable[[str, int], Any]] = None,
 ) -> ImportReport:
     """Import a contact list; see the module's docstring. ``name`` is the file as the operator wrote it.
 
@@ -437,8 +438,14 @@ def import_csv(
         batch.clear()
         in_batch.clear()
 
+    bar = None
+    if progress is not None:
+        with open(path, "rb") as counted:
+            bar = progress("rows", max(0, sum(1 for _ in counted) - 1))  # lines less the header (a quoted line break counts twice)
     for record in _records(path, name):
         report.rows += 1
+        if bar is not None:
+            bar.advance()
         if record.values is None:
             assert record.rejection is not None
             report.rejected += 1
@@ -457,6 +464,8 @@ def import_csv(
             flush()
     if batch:
         flush()
+    if bar is not None:
+        bar.finish()
 
     report.rejections.sort(key=lambda r: r.line)  # refusals are found when a batch is written
     report.seconds = time.monotonic() - started
