@@ -101,7 +101,7 @@ class Indicator:
             "name": self.name,
             "title": self.title,
             "columns": self.columns,
-            "rows": [[_json_cell(v) for v in row] for row in self.rows],
+            "rows": [[json_cell(v) for v in row] for row in self.rows],
             "chart": self.chart,
             "note": self.note,
             "note_values": self.note_values,
@@ -116,7 +116,7 @@ class Indicator:
         return out.getvalue()
 
 
-def _json_cell(value: Any) -> Any:
+def json_cell(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return value
@@ -135,7 +135,7 @@ def csv_cell(value: Any) -> str:
         return str(int(value))
     if isinstance(value, (int, float)):
         return str(value)
-    text = _json_cell(value)
+    text = json_cell(value)
     text = str(text)
     if text.startswith(_FORMULA_START):
         return "'" + text

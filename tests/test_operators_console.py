@@ -171,10 +171,10 @@ def test_bad_filters_are_refused_with_a_reason(env: SimpleNamespace, params: dic
 
 
 def test_indicator_csv_export_with_formula_guard(env: SimpleNamespace) -> None:
-    response = get(env, "fr_operator", "/api/operators/indicators/unanswered.csv", since="2000-01-01")
+    response = get(env, "fr_operator", "/api/operators/indicators/unanswered.csv", since="2000-01-01", until="2099-12-31")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
-    assert 'filename="jisr-unanswered-2000-01-01.csv"' in response.headers["content-disposition"]
+    assert 'filename="jisr-unanswered-2000-01-01-2099-12-31.csv"' in response.headers["content-disposition"]
     text = response.content.decode("utf-8")
     assert text.startswith("\ufeff")
     rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))

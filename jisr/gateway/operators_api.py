@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -57,7 +56,6 @@ SHOWN_ADDRESS_CHARS = 3
 CHANNELS = ("whatsapp", "telegram", "messenger", "webchat")
 COUNTRY_PATTERN = r"^[A-Za-z]{2}$"
 LANGUAGE_PATTERN = r"^[a-z]{2,3}$"
-_EXAMPLE_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 
 Country = Annotated[Optional[str], Query(pattern=COUNTRY_PATTERN, description="ISO 3166 alpha-2 code; default: every country you cover")]
 Since = Annotated[Optional[str], Query(max_length=40, description="from this date (YYYY-MM-DD) or ISO date-time, included")]
@@ -135,7 +133,9 @@ async def indicator_csv(
         raise HTTPException(404, f"no indicator {name[:40]!r}; there are: {', '.join(indicators.INDICATORS)}")
     scope = scope_of(account, since, until, country)
     result = await asyncio.to_thread(indicators.compute, services.store.engine, name, scope)
-    suffix = "-".join(part for part in (scope.since and scope.since.date().isoformat(), scope.until and scope.until.date().isoformat(), country and country.upper()) if part)
+    # The dates as asked (the parse above checked that they start with one): an `until` date
+    # is stored as the next midnight, which would name the wrong day.
+    suffix = "-".join(part for part in ((since or "").strip()[:10], (until or "").strip()[:10], (country or "").upper()) if part)
     filename = f"jisr-{name}{'-' + suffix if suffix else ''}.csv"
     # A byte-order mark: spreadsheets then read the file as UTF-8 (Arabic questions stay readable).
     return Response(
@@ -401,8 +401,7 @@ async def campaign_examples(account: OperatorDep) -> dict[str, Any]:
 async def campaign_runs(services: ServicesDep, account: OperatorDep, since: Since = None, until: Until = None, country: Country = None) -> dict[str, Any]:
     scope = scope_of(account, since, until, country)
     result = await asyncio.to_thread(indicators.campaigns, services.store.engine, scope)
-    runs = [dict(zip(result.columns, (indicators._json_cell(v) for v in row))) for row in result.rows]
-    runs.reverse()  # newest first
+    runs = [dict(zip(result.columns, (indicators.json_cell(v) for v in row))) for row in reversed(result.rows)]  # newest first
     return {"runs": runs}
 
 
