@@ -146,6 +146,7 @@ def test_the_dashboard_draws_every_indicator_with_csv_links(page: Any) -> None:
     reached = page.locator(".indicator[data-name=reached]")
     # Three French families reached, drawn as bars; the Algerian one is not in this operator's view.
     assert reached.locator("svg.chart rect").count() == 3
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
     reached.locator("summary").click()
     assert reached.locator("tbody td").all_inner_texts() == ["FR", "3", "0", "0", "3"]
     csv_link = page.locator(".indicator[data-name=opt_outs] a.csv")
@@ -172,6 +173,7 @@ def test_a_campaign_from_an_example_to_a_paused_run(page: Any) -> None:
     page.select_option("#op-example", "exam_period_parents")
     page.click("#load-example")
     assert page.locator("#campaign-text").input_value().startswith("# Strategy P02")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
 
     page.click("#validate")
     page.wait_for_selector("#campaign-result .result-ok")

@@ -384,7 +384,7 @@
           [t('operators.campaigns.last_send'), data.last_send],
           [t('operators.campaigns.duration'), Jisr.duration(data.estimated_seconds)],
         ]));
-      if (action === 'preview' && data.messages) {
+      if (action === 'preview' && data.messages && Object.keys(data.messages).length) {
         box.appendChild(el('h3', { text: t('operators.campaigns.messages') }));
         for (const [language, text] of Object.entries(data.messages)) {
           box.appendChild(el('div', { className: 'preview-message' }, el('span', { className: 'badge', text: language }), el('p', { text, dir: 'auto' })));
