@@ -84,7 +84,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if hint := first_admin_hint():
         print(f"jisr: {hint}", file=sys.stderr)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", proxy_headers=True)
+    # SIGTERM: uvicorn stops accepting, lets the requests in flight finish (web chat long polls are
+    # cut after the timeout), then the lifespan drains the reply worker (docs/deployment.md).
+    # uvicorn re-raises the SIGTERM it handled once it has stopped; with this handler in place the
+    # process then exits 0 (a clean stop) instead of dying of the signal.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(
+        create_app(run_worker=not getattr(args, "no_worker", False)), host=args.host, port=args.port, log_level="warning",
+        proxy_headers=True, timeout_graceful_shutdown=getattr(args, "grace", 15.0),
+    )
     return 0
 
 
@@ -135,6 +145,18 @@ def cmd_bench_campaigns(args: argparse.Namespace) -> int:
         keep_logs=args.keep_logs,
     )
     return bench_main(options, as_json=args.json)
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    """Conversations and a campaign through injected faults, kill -9s and a Redis restart: nothing lost or twice."""
+    import dataclasses
+
+    from jisr.bench.soak import SoakOptions, main as soak_main
+
+    options = SoakOptions.quick() if args.quick else SoakOptions()
+    chosen = {name: getattr(args, name) for name in ("minutes", "conversations", "campaign_sends", "database", "max_seconds", "keep_logs")
+              if getattr(args, name) is not None}
+    return soak_main(dataclasses.replace(options, **chosen), as_json=args.json)
 
 
 def _positive(kind: type) -> Any:
@@ -488,6 +510,9 @@ def _parse_rates(values: Sequence[str]) -> dict[str, float]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """A standalone send worker on one queue; run several for more throughput or resilience."""
+    import contextlib
+    import signal
+
     from jisr.channels import build_connectors
     from jisr.outbox import BULK_QUEUE, REPLIES_QUEUE, SendContext, build_worker
     from jisr.settings import get_settings
@@ -517,9 +542,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             burst=args.burst,
             max_jobs=args.max_jobs,
             job_timeout=args.job_timeout,
+            job_completion_wait=args.grace,
         )
+        # SIGTERM or Ctrl-C: take no new job, let the running sends finish within --grace, cancel
+        # the rest (they stay queued: another worker sends them), exit 0.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.handle_sig_wait_for_completion, signum)
         try:
-            await worker.async_run()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.async_run()
         finally:
             await worker.close()
             for connector in connectors.values():
@@ -580,6 +612,7 @@ def cmd_telegram(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: school assistant and outreach for Moroccan families abroad.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    parser.add_argument("--log-json", action="store_true", help="log as JSON lines (also JISR_LOG_FORMAT=json)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train the assistant's model if its data changed")
@@ -601,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the gateway: channel webhooks, web chat, API docs")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="no reply worker in this process (run `jisr worker --queue replies` beside it)")
+    serve.add_argument("--grace", type=float, default=15.0, help="on SIGTERM, seconds for requests in flight to finish (default 15)")
     serve.set_defaults(func=cmd_serve)
 
     evaluate = sub.add_parser("eval", help="accuracy on the held-out set, beside Rasa's default pipeline and langdetect")
@@ -636,6 +671,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_campaigns.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the workers' and simulators' logs to DIR at the end")
     bench_campaigns.add_argument("--json", action="store_true", help="machine-readable output")
     bench_campaigns.set_defaults(func=cmd_bench_campaigns)
+
+    soak = bench_sub.add_parser(
+        "soak",
+        help="conversations on every channel and a campaign through faults, kill -9 and a Redis restart; checks nothing is lost or sent twice",
+    )
+    soak.add_argument("--minutes", type=_positive(float), help="minutes of conversations (default 3; --quick 0.75)")
+    soak.add_argument("--conversations", type=_positive(int), help="concurrent conversations (default 200; --quick 30)")
+    soak.add_argument("--campaign-sends", type=_positive(int), help="planned campaign sends (default 20000; --quick 600)")
+    soak.add_argument("--database", choices=["auto", "postgres", "sqlite"], help="auto: PostgreSQL when installed (default; --quick sqlite)")
+    soak.add_argument("--quick", action="store_true", help="a small run: one gateway, one kill -9 of the workers, one Redis restart")
+    soak.add_argument("--max-seconds", type=_positive(float), help="stop the whole run after this long (default 1500; --quick 420)")
+    soak.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every process's log to DIR at the end")
+    soak.add_argument("--json", action="store_true", help="machine-readable output")
+    soak.set_defaults(func=cmd_bench_soak)
 
     contacts = sub.add_parser("contacts", help="import and export contact lists (CSV) on DATABASE_URL")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True)
@@ -710,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-jobs", type=_positive(int), default=10, help="jobs in flight at once (default 10)")
     worker.add_argument("--job-timeout", type=_positive(float), default=60.0, help="seconds a send may take; a crashed worker's jobs resume this + 10 s later (default 60)")
     worker.add_argument("--rate", action="append", metavar="CHANNEL=PER_SECOND", help="a channel's send rate (default: the platform limits); repeatable")
+    worker.add_argument("--grace", type=float, default=20.0, help="on SIGTERM, seconds the running sends get to finish; the rest stay queued (default 20)")
     worker.set_defaults(func=cmd_worker)
 
     telegram = sub.add_parser("telegram", help="Telegram: register the webhook, or poll for development")
@@ -754,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    from jisr.logging_setup import use_json_lines, wants_json
+
+    if wants_json(getattr(args, "log_json", False)):
+        use_json_lines()
     if args.country and not (len(args.country) == 2 and args.country.isalpha()) if hasattr(args, "country") else False:
         print(f"jisr: --country takes an ISO 3166 alpha-2 code such as FR or DZ, not {args.country!r}", file=sys.stderr)
         return 2

@@ -44,6 +44,27 @@ def webchat_inbox(session_id: str) -> str:
     return f"{PREFIX}webchat:{session_id}"
 
 
+METRICS = f"{PREFIX}metrics"                    # hash: every counter and histogram series (jisr/metrics.py)
+# Hash: inbound messages claimed and not finished, by dedupe key -> (owner, message). A gateway
+# that dies mid-message leaves its entry; another gateway takes it over (jisr.gateway.service).
+INBOUND_PENDING = f"{PREFIX}inbound:pending"
+
+
+def process_alive(kind: str, ident: str) -> str:
+    """Set with a short TTL by a live gateway or worker process: liveness, and who owns a claim."""
+    return f"{PREFIX}alive:{kind}:{ident}"
+
+
+def reply_order(channel: str, address: str) -> str:
+    """The reply jobs of one conversation in turn order: a turn's replies wait for the previous turn's.
+
+    The address is hashed: keys show up in monitoring tools, phone numbers must not.
+    """
+    import hashlib
+
+    return f"{PREFIX}order:{channel}:{hashlib.sha256(address.encode()).hexdigest()[:16]}"
+
+
 # Pub/sub channel (not a key): the session id of every web chat inbox that just got a message,
 # so a waiting long poll answers at once instead of re-reading the inbox on a timer.
 WEBCHAT_ARRIVALS = f"{PREFIX}webchat-arrivals"

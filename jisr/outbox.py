@@ -15,19 +15,23 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from connectors.base import Connector
 from connectors.errors import ContactStopped, SendError, Throttled
 from connectors.types import Button, Channel, OutboundMessage, Template
-from jisr import keys
+from jisr import keys, metrics
 from jisr.store.contacts import ContactStore
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,14 @@ PAUSED_RECHECK_SECONDS = 30.0
 # Backoff between tries of a transient failure: 1 s, 2 s, 4 s … capped at 5 minutes.
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
+
+# Turn order of replies (_wait_for_turn): how often a waiting turn looks again, and how long a
+# conversation's list lives without a new reply.
+ORDER_RECHECK_SECONDS = 0.2
+ORDER_TTL_SECONDS = 2 * 86400
+# A worker says it is alive this often (metrics: jisr_processes_alive); Redis down: poll again after.
+HEARTBEAT_SECONDS = 5.0
+REDIS_DOWN_RETRY_SECONDS = 1.0
 
 # Default sends per second per channel (the platforms' documented limits; see
 # shared/reference/platform-rules.md): overridable in settings.
@@ -133,6 +145,14 @@ class SendJob:
         return cls(**values)
 
 
+def _redis_settings(host: str, port: int, database: int, password: Optional[str]) -> RedisSettings:
+    """arq's connection, waiting out a short Redis restart (jisr.redisconn.patient) instead of
+    failing the job that was running: a job failing then would be recorded failed for good."""
+    from jisr.redisconn import patient
+
+    return RedisSettings(host=host, port=port, database=database, password=password, **patient())
+
+
 def reply_key(provider_message_id: str, channel: str) -> str:
     """The idempotency key of the replies to an inbound message: a redelivered webhook maps to the same key."""
     digest = hashlib.sha256(f"{channel}:{provider_message_id}".encode()).hexdigest()[:24]
@@ -153,7 +173,7 @@ class Outbox:
 
     @classmethod
     async def connect(cls, host: str, port: int, database: int = 0, password: Optional[str] = None) -> "Outbox":
-        return cls(await create_pool(RedisSettings(host=host, port=port, database=database, password=password)))
+        return cls(await create_pool(_redis_settings(host, port, database, password)))
 
     async def enqueue(self, job: SendJob, defer_seconds: float = 0.0, defer_until: Optional[dt.datetime] = None) -> bool:
         """Queue ``job`` once; False if a job with this key is already queued, running or done."""
@@ -169,6 +189,14 @@ class Outbox:
             _defer_by=(defer_seconds or None) if defer_until is None else None,
             _defer_until=defer_until,
         )
+        if enqueued is not None and job.lane == "replies":
+            # Turn order (see _wait_for_turn): pushed after the enqueue, so a job found in the list
+            # always exists in arq; a crash between the two only loses this turn's place.
+            order = keys.reply_order(job.channel, job.address)
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.rpush(order, job.idempotency_key)
+                pipe.expire(order, ORDER_TTL_SECONDS)
+                await pipe.execute()
         if enqueued is not None and self.on_enqueue is not None:
             self.on_enqueue(queue)
         return enqueued is not None
@@ -226,7 +254,56 @@ async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
         if isinstance(prepared, str):
             return prepared
         job = prepared
-    return await _send_parts(ctx, send_ctx, job)
+    redis: ArqRedis = ctx["redis"]
+    if job.lane != "replies":
+        return await _send_counted(ctx, send_ctx, job)
+    await _wait_for_turn(redis, job)
+    outcome = await _send_counted(ctx, send_ctx, job)  # a Retry keeps this turn at the head: later turns wait
+    await redis.lrem(keys.reply_order(job.channel, job.address), 1, job.idempotency_key)
+    enqueued_at = ctx.get("enqueue_time")
+    if enqueued_at is not None:
+        await metrics.observe(redis, "jisr_reply_seconds", max(0.0, time.time() - enqueued_at.timestamp()), {"channel": job.channel})
+    return outcome
+
+
+async def _send_counted(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) -> str:
+    """_send_parts, counted for /metrics: the outcome, or the retry and why (jisr/metrics.py).
+
+    A Retry raised from a provider's error is a retry; one raised while waiting for capacity,
+    a paused run or a claim (no cause) is not a provider failure and is not counted.
+    """
+    redis: ArqRedis = ctx["redis"]
+    labels = {"channel": job.channel, "lane": job.lane}
+    try:
+        outcome = await _send_parts(ctx, send_ctx, job)
+    except Retry as retry:
+        cause = retry.__cause__
+        if cause is not None:
+            reason = "throttled" if isinstance(cause, Throttled) else "error" if isinstance(cause, SendError) else "unexpected"
+            await metrics.inc(redis, "jisr_send_retries_total", {**labels, "reason": reason})
+        raise
+    kind = "sent" if outcome.startswith("sent") else "contact_stopped" if outcome == "contact stopped" else "failed"
+    await metrics.inc(redis, "jisr_sends_total", {**labels, "outcome": kind})
+    return outcome
+
+
+async def _wait_for_turn(redis: ArqRedis, job: SendJob) -> None:
+    """Return when every earlier turn of this conversation has finished; else Retry shortly.
+
+    Why: a turn's reply retried after a provider error (backoff) could be overtaken by the
+    next turn's reply, and the family would read the answers in the wrong order. The gateway
+    lists each conversation's reply jobs in turn order (Outbox.enqueue); a job goes only when
+    it is first. An earlier job no longer known to arq (finished, or failed for good, without
+    unlinking itself: a crash) is dropped from the list. Waiting is not a provider attempt.
+    """
+    order = keys.reply_order(job.channel, job.address)
+    while True:
+        head = await redis.lindex(order, 0)
+        if head is None or head.decode() == job.idempotency_key:
+            return
+        if await redis.exists(job_key_prefix + head.decode()):
+            raise Retry(defer=ORDER_RECHECK_SECONDS)
+        await redis.lrem(order, 1, head)
 
 
 async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) -> str:
@@ -409,6 +486,8 @@ class WakeableWorker(Worker):
         if not self.burst:
             self.poll_delay_s = 0.0  # arq's own sleep between polls: the wait below replaces it
         self._wake = asyncio.Event()
+        self.ident = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._beat_at = 0.0
 
     def wake(self, queue: Optional[str] = None) -> None:
         if queue is None or queue == self.queue_name:
@@ -416,7 +495,18 @@ class WakeableWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         self._wake.clear()  # before reading the queue: a job enqueued after the read wakes the wait
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as error:  # ConnectionError, TimeoutError, WatchError (a watch cut by the restart)
+            # Redis restarting: arq would let the error end the worker. Wait and poll again; the
+            # jobs are in Redis (persisted), a job cut short is run again once its lock expires.
+            logger.warning("redis unavailable (%s): polling again in %.0f s", type(error).__name__, REDIS_DOWN_RETRY_SECONDS)
+            await asyncio.sleep(REDIS_DOWN_RETRY_SECONDS)
+            return
+        if time.monotonic() - self._beat_at >= HEARTBEAT_SECONDS:
+            self._beat_at = time.monotonic()
+            kind = "worker-replies" if self.queue_name == REPLIES_QUEUE else "worker-bulk"
+            await metrics.heartbeat(self.pool, kind, self.ident, int(HEARTBEAT_SECONDS * 3))
         if self.burst:
             return  # a burst run keeps arq's own pacing
         with contextlib.suppress(asyncio.TimeoutError):
@@ -433,8 +523,14 @@ def build_worker(
     burst: bool = False,
     max_jobs: int = 50,
     job_timeout: float = 60,
+    job_completion_wait: float = 0,
 ) -> WakeableWorker:
-    """An arq worker for one queue (replies or bulk) that sends with ``send_context``."""
+    """An arq worker for one queue (replies or bulk) that sends with ``send_context``.
+
+    ``job_completion_wait``: on SIGTERM/SIGINT (when the caller lets arq handle signals, as
+    ``jisr worker`` does) the running jobs get this long to finish; the rest are cancelled
+    and stay queued (arq runs a cancelled job again).
+    """
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["send_context"] = send_context
@@ -446,7 +542,7 @@ def build_worker(
 
     return WakeableWorker(
         functions=[send_message],
-        redis_settings=RedisSettings(host=host, port=port, database=database, password=password),
+        redis_settings=_redis_settings(host, port, database, password),
         queue_name=queue,
         on_startup=startup,
         max_tries=ARQ_MAX_TRIES,  # re-deferrals count as tries too; real failures stop at MAX_TRIES
@@ -455,6 +551,7 @@ def build_worker(
         keep_result=3600,
         poll_delay=0.05,
         handle_signals=False,
+        job_completion_wait=job_completion_wait,
         # A killed worker's jobs are taken up by another one job_timeout + 10 s later (arq's
         # in-progress lock), so this is also how long a crash delays them.
         job_timeout=job_timeout,

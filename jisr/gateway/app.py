@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Optional
 
@@ -29,6 +30,7 @@ from jisr.console.routes import install as install_consoles
 from jisr.gateway import auth_routes, campaigns_api, privacy_api
 from jisr.console import operators as operators_console
 from jisr.gateway import operators_api
+from jisr.gateway import operations, recovery
 from jisr.gateway.service import Gateway
 from jisr.gateway.webchat_page import WEBCHAT_HTML
 from jisr.mediation import api as mediation_api
@@ -38,7 +40,7 @@ from jisr.privacy.logs import keep_personal_data_out_of_logs
 from jisr.privacy.pseudonym import configure as configure_pseudonyms
 from jisr.privacy.retention import purge_daily
 from jisr.privacy.state import ConversationRedis
-from jisr.redisconn import RedisHandle, connect_redis
+from jisr.redisconn import RedisHandle, connect_redis, make_patient
 from jisr.settings import Settings, get_settings
 from jisr.store.contacts import ContactStore, create_db_engine
 
@@ -60,6 +62,8 @@ class Services:
     gateway: Gateway
     connectors: dict[str, Connector]
     worker_task: Optional[asyncio.Task] = None
+    worker: Any = None                              # the in-process reply worker (drained on shutdown)
+    background: list = dataclasses.field(default_factory=list)  # inbound recovery: heartbeat and sweep
     privacy: Optional[ConversationRedis] = None     # the three Redis databases of conversation state
     purge_task: Optional[asyncio.Task] = None       # the daily retention purge
 
@@ -98,6 +102,8 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
         record_exp=settings.retention_days * 86400,
     )
     lock_store = RedisLockStore(host=handle.host, port=handle.port, db=2, password=handle.password, key_prefix="jisr")
+    make_patient(tracker_store.red)  # Rasa's own clients wait out a short Redis restart too
+    make_patient(lock_store.red)
     assistant = await asyncio.to_thread(assistant_factory, tracker_store=tracker_store, lock_store=lock_store)
     await asyncio.to_thread(_load_content)
     redis_client = handle.client()
@@ -114,10 +120,12 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
         assistant, store, redis_client, outbox, gateway.replies,
         telegram_group=settings.mediators_telegram_chat_id, console_url=settings.public_url,
     )
+    services.background = recovery.start_background(gateway)  # messages of a gateway that died mid-way
     if run_worker:
         worker = build_worker(SendContext(connectors, store), handle.host, handle.port, handle.db, handle.password, queue=REPLIES_QUEUE)
         outbox.on_enqueue = worker.wake  # a reply queued here is sent at once, not at the next poll
         services.worker_task = asyncio.create_task(worker.async_run())
+        services.worker = worker
         services.purge_task = asyncio.create_task(purge_daily(store.engine, services.privacy, settings.retention_days))
         # Escalation of handoffs left waiting: every process checks, each handoff is escalated once.
         gateway.mediation.start_escalation(settings.mediation_check_seconds)
@@ -134,10 +142,9 @@ async def stop_services(services: Services) -> None:
     if services.privacy is not None:
         with contextlib.suppress(Exception):
             await services.privacy.close()
-    if services.worker_task is not None:
-        services.worker_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await services.worker_task
+    # Graceful: running sends finish (within a grace period) or stay queued; nothing is lost.
+    await operations.drain_worker(services.worker, services.worker_task)
+    await operations.stop_background(services.background)
     for connector in services.connectors.values():
         with contextlib.suppress(Exception):
             await connector.close()
@@ -238,11 +245,14 @@ def create_app(
             for event in events:
                 with contextlib.suppress(Exception):  # a spinner left turning must not lose the message
                     await acknowledge(event)
+        started = time.perf_counter()
         try:
             outcomes = [await svc.gateway.handle(event) for event in events]
         except Exception:
             logger.exception("processing a %s webhook failed; the provider will retry", channel)
+            await operations.count_webhook(svc, channel, None, 503, started)
             return JSONResponse({"detail": "temporarily unavailable, retry later"}, status_code=503, headers={"Retry-After": "5"})
+        await operations.count_webhook(svc, channel, outcomes, 200, started)
         if channel == Channel.WHATSAPP.value:
             return Response(TWIML_EMPTY, media_type="application/xml")
         return JSONResponse({"ok": True, "processed": [o.status for o in outcomes]})
@@ -335,12 +345,11 @@ def create_app(
     async def ready(request: Request) -> Response:
         if not request.app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        svc = services(request)
-        try:
-            await svc.gateway.redis.ping()
-            await asyncio.to_thread(svc.store.get, 0)
-        except Exception as error:
-            return JSONResponse({"status": "unavailable", "reason": type(error).__name__}, status_code=503)
+        problem = await operations.ready_check(services(request))
+        if problem:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    operations.install(app)  # /metrics; Redis unreachable: 503, not 500
 
     return app

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -63,6 +65,10 @@ class Gateway:
         self.disclosure_after_silence_days = disclosure_after_silence_days
         # jisr.mediation.service.Mediation, set by start_services: holds conversations a person took over.
         self.mediation: Any = None
+        # Who this process is in inbound claims, and the claims it is working on right now
+        # (jisr.gateway.recovery: a claim of a live gateway that is not in flight was abandoned).
+        self.ident = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.in_flight: set[str] = set()
 
     async def handle(self, event: InboundEvent) -> InboundOutcome:
         if isinstance(event, StatusUpdate):
@@ -71,18 +77,41 @@ class Gateway:
         return await self.handle_message(event)
 
     async def handle_message(self, message: InboundMessage) -> InboundOutcome:
+        """Claim the message (once per provider id), process it, mark it done.
+
+        The claim names this gateway process and keeps the message in Redis until it is done
+        (keys.INBOUND_PENDING, jisr.gateway.recovery): a gateway killed mid-message (kill -9,
+        OOM) leaves it there, and the provider's redelivery — or, when the provider does not
+        redeliver (Twilio gives up within seconds), another gateway's sweep — processes it.
+        """
+        from jisr.gateway import recovery
+
         dedupe = keys.dedupe(message.channel.value, message.provider_message_id)
-        claimed = await self.redis.set(dedupe, b"processing", nx=True, ex=DEDUPE_PROCESSING_SECONDS)
+        claimed = await recovery.claim(self, dedupe, message)
         if not claimed:
             state = await self.redis.get(dedupe)
-            return InboundOutcome("duplicate" if state == b"done" else "in_progress")
+            if state == b"done":
+                return InboundOutcome("duplicate")
+            if state is not None and await recovery.abandoned(self, dedupe, state) and await recovery.take_over(self, dedupe, state, message):
+                return await self.run_claimed(dedupe, message)  # its gateway died: answered now, in turn
+            return InboundOutcome("in_progress")
+        return await self.run_claimed(dedupe, message)
+
+    async def run_claimed(self, dedupe: str, message: InboundMessage) -> InboundOutcome:
+        from jisr.gateway import recovery
+
+        self.in_flight.add(dedupe)
         try:
-            outcome = await self._process(message)
-        except BaseException:
-            # Let the provider's retry (or our own) process it again.
-            await self.redis.delete(dedupe)
-            raise
-        await self.redis.set(dedupe, b"done", ex=DEDUPE_DONE_SECONDS)
+            try:
+                outcome = await self._process(message)
+            except BaseException:
+                # Let the provider's retry (or our own) process it again. If Redis is down the
+                # release fails too: the claim stays ours and our sweep retakes it later.
+                await recovery.release(self, dedupe)
+                raise
+            await recovery.finish(self, dedupe)
+        finally:
+            self.in_flight.discard(dedupe)
         return outcome
 
     async def _process(self, message: InboundMessage) -> InboundOutcome:
@@ -141,6 +170,11 @@ class Gateway:
             await asyncio.to_thread(
                 self.store.record_consent, contact.id, CONSENT_OF_INTENT[turn.intent], "conversation", None, message.channel.value
             )
+            if turn.intent == "opt_in":
+                # The reminders asked for: the topics the message names, or all (jisr/topics.py).
+                from jisr.topics import subscribed_topics
+
+                await asyncio.to_thread(self.store.subscribe_topics, contact.id, subscribed_topics(message.text or ""), "conversation")
         replies = list(turn.replies)
         if self.mediation is not None:
             # A request, two messages not understood, or a sensitive situation: hand over to a person.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -28,6 +29,7 @@ class FailurePlan:
 
     queue: list[Failure] = field(default_factory=list)
     rate_5xx: float = 0.0
+    status_5xx: int = 503                # the server error injected at rate_5xx (500, 502, 503)
     rate_429: float = 0.0
     rate_timeout: float = 0.0
     retry_after: float = 1.0
@@ -47,12 +49,34 @@ class FailurePlan:
                 return self.queue.pop(0)
             roll = self._random.random()
             if roll < self.rate_5xx:
-                return Failure(status=503)
+                return Failure(status=self.status_5xx)
             if roll < self.rate_5xx + self.rate_429:
                 return Failure(status=429, retry_after=self.retry_after)
             if roll < self.rate_5xx + self.rate_429 + self.rate_timeout:
                 return Failure(timeout=self.timeout_seconds)
             return None
+
+
+# How each provider re-sends a webhook that failed (5xx, timeout, connection refused): the delays
+# before each retry, in seconds. Used by the soak (``retry_delays`` of each /_sim/inbound); real
+# schedules are longer, these keep their shape within a run of minutes.
+# - Twilio retries only within its connection-override budget (``#rc=…&rp=…`` on the webhook
+#   URL; by default once, on a connection timeout): a few immediate retries, ~15 s at most;
+# - Telegram keeps an update for 24 h and re-sends it "a reasonable amount of attempts", with
+#   growing delays;
+# - Meta re-sends at once a few times, then with decreasing frequency for hours.
+REDELIVERY_DELAYS = {
+    "twilio": (0.0, 0.0, 0.0),
+    "telegram": (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0, 60.0),
+    "meta": (0.0, 0.0, 5.0, 15.0, 30.0, 60.0, 60.0),
+}
+
+
+def redelivery_delays(retries: int, retry_delay: float, retry_delays: Optional[list[float]]) -> list[float]:
+    """The waits before each retry: an explicit schedule, else ``retries`` times ``retry_delay``."""
+    if retry_delays is not None:
+        return [max(0.0, float(d)) for d in retry_delays]
+    return [max(0.0, retry_delay)] * max(0, retries)
 
 
 class SimulatorState:
@@ -63,9 +87,12 @@ class SimulatorState:
         self.plan = FailurePlan()
         self._lock = threading.Lock()
 
-    def record(self, **request: Any) -> None:
+    def record(self, **request: Any) -> dict[str, Any]:
+        """Keep a request (with the time it arrived, for latency figures); the entry, to complete later."""
+        request.setdefault("at", time.time())
         with self._lock:
             self.requests.append(request)
+        return request
 
     def reset(self) -> None:
         with self._lock:

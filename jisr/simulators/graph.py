@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from jisr.simulators.base import Failure, SimulatorState, mount_control
+from jisr.simulators.base import Failure, SimulatorState, mount_control, redelivery_delays
 
 PAGE_ID = "104857600000001"
 APP_ID = 1517776481860111
@@ -50,6 +50,7 @@ class InboundRequest(BaseModel):
     batch: int = 1                                          # messaging events in the one entry
     retries: int = 0                                        # re-sends of the same body on non-2xx
     retry_delay: float = 0.0
+    retry_delays: Optional[list[float]] = None              # a redelivery schedule (base.REDELIVERY_DELAYS) instead
 
 
 class WindowRequest(BaseModel):
@@ -154,9 +155,9 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
         headers = {"Content-Type": "application/json", "User-Agent": "facebookexternalua", **sign(body, app_secret)}
         statuses: list[int] = []
         async with httpx.AsyncClient(timeout=10.0) as client:
-            for attempt in range(max(0, request.retries) + 1):
-                if attempt and request.retry_delay:
-                    await asyncio.sleep(request.retry_delay)
+            for wait in [0.0] + redelivery_delays(request.retries, request.retry_delay, request.retry_delays):
+                if wait:
+                    await asyncio.sleep(wait)
                 try:
                     answer = await client.post(request.webhook_url, content=body, headers=headers)
                     statuses.append(answer.status_code)

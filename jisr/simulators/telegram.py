@@ -33,7 +33,7 @@ import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from jisr.simulators.base import Failure, SimulatorState, mount_control
+from jisr.simulators.base import Failure, SimulatorState, mount_control, redelivery_delays
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096              # UTF-16 code units
@@ -307,7 +307,7 @@ def create_app(token: str = "123456:dev") -> FastAPI:
             state.record(method=method, params={}, encoding="invalid")
             return _error(400, f"Bad Request: {exc}")
         authorized = hmac.compare_digest(given_token.encode("utf-8"), token.encode("utf-8"))
-        state.record(method=method, params=params, encoding=encoding, authorized=authorized)
+        entry = state.record(method=method, params=params, encoding=encoding, authorized=authorized)
         if not authorized:
             return _error(401, "Unauthorized")
         handler = METHODS.get(method.lower())
@@ -323,8 +323,13 @@ def create_app(token: str = "123456:dev") -> FastAPI:
                 return _error(504, "Gateway Timeout")
             response = _failure_response(failure)
             if response is not None:
+                entry["http_status"] = response.status_code
                 return response
-        return await handler(state, params)
+        response = await handler(state, params)
+        entry["http_status"] = response.status_code
+        if response.status_code == 200 and method.lower() == "sendmessage":
+            entry["message_id"] = json.loads(response.body).get("result", {}).get("message_id")
+        return response
 
     @app.get("/file/bot{given_token}/{file_path:path}")
     def file(given_token: str, file_path: str) -> Response:
@@ -348,7 +353,8 @@ def create_app(token: str = "123456:dev") -> FastAPI:
             update = build_update(spec, update_id, state.bot_user, state.next_callback_id())
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        statuses = await _deliver(url, secret, update, int(spec.get("retries", 0)), float(spec.get("retry_delay", 0.0)))
+        waits = redelivery_delays(int(spec.get("retries", 0)), float(spec.get("retry_delay", 0.0)), spec.get("retry_delays"))
+        statuses = await _deliver(url, secret, update, len(waits), 0.0, waits)
         delivery = {"update_id": update_id, "statuses": statuses, "delivered": bool(statuses) and 200 <= statuses[-1] < 300}
         with state._lock:
             state.deliveries.append(delivery)
@@ -378,7 +384,9 @@ def create_app(token: str = "123456:dev") -> FastAPI:
     return app
 
 
-async def _deliver(url: str, secret: Optional[str], update: dict[str, Any], retries: int, retry_delay: float) -> list[int]:
+async def _deliver(
+    url: str, secret: Optional[str], update: dict[str, Any], retries: int, retry_delay: float, waits: Optional[list[float]] = None
+) -> list[int]:
     """POST one update like Telegram: same update_id on every attempt; 0 for a connection failure."""
     headers = {"Content-Type": "application/json"}
     if secret:
@@ -387,8 +395,9 @@ async def _deliver(url: str, secret: Optional[str], update: dict[str, Any], retr
     statuses: list[int] = []
     async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
         for attempt in range(1 + max(retries, 0)):
-            if attempt and retry_delay:
-                await asyncio.sleep(retry_delay)
+            wait = (waits[attempt - 1] if waits is not None else retry_delay) if attempt else 0.0
+            if wait:
+                await asyncio.sleep(wait)
             try:
                 response = await client.post(url, content=body, headers=headers)
                 statuses.append(response.status_code)

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from twilio.request_validator import RequestValidator
 
-from jisr.simulators.base import Failure, SimulatorState, mount_control
+from jisr.simulators.base import Failure, SimulatorState, mount_control, redelivery_delays
 
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_WHATSAPP_SENDER = "whatsapp:+14155238886"  # Twilio's WhatsApp sandbox number
@@ -109,6 +109,7 @@ class InboundSpec(BaseModel):
     button_text: Optional[str] = None
     message_sid: Optional[str] = None
     retries: int = 0
+    retry_delays: Optional[list[float]] = None   # a redelivery schedule (base.REDELIVERY_DELAYS), instead of retries
     timeout: float = WEBHOOK_TIMEOUT
 
 
@@ -196,13 +197,18 @@ def status_form(spec: StatusSpec, account_sid: str, to: str, from_: str) -> dict
     return form
 
 
-async def deliver(url: str, form: dict[str, str], auth_token: str, *, retries: int = 0, timeout: float = WEBHOOK_TIMEOUT) -> list[int]:
+async def deliver(
+    url: str, form: dict[str, str], auth_token: str, *, retries: int = 0, timeout: float = WEBHOOK_TIMEOUT, retry_delays: Optional[list[float]] = None
+) -> list[int]:
     """POST a signed form to ``url`` as Twilio does; retry on 5xx/timeouts. The statuses seen (0: no answer)."""
     signature = RequestValidator(auth_token).compute_signature(url, form)
     headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1", "I-Twilio-Idempotency-Token": secrets.token_hex(16)}
     statuses: list[int] = []
+    waits = [0.0] + redelivery_delays(retries, 0.0, retry_delays)
     async with httpx.AsyncClient(timeout=timeout) as client:
-        for _ in range(max(0, retries) + 1):
+        for wait in waits:
+            if wait:
+                await asyncio.sleep(wait)
             try:
                 response = await client.post(url, data=form, headers=headers)
             except httpx.HTTPError:
@@ -328,7 +334,7 @@ def create_app(auth_token: str = "dev", account_sid: str = DEFAULT_ACCOUNT_SID) 
     async def inbound(spec: InboundSpec) -> dict[str, Any]:
         """Deliver a signed inbound WhatsApp message to ``webhook_url``."""
         form = inbound_form(spec, account_sid)
-        statuses = await deliver(spec.webhook_url, form, auth_token, retries=spec.retries, timeout=spec.timeout)
+        statuses = await deliver(spec.webhook_url, form, auth_token, retries=spec.retries, timeout=spec.timeout, retry_delays=spec.retry_delays)
         return {"message_sid": form["MessageSid"], "statuses": statuses}
 
     @app.post("/_sim/status")
