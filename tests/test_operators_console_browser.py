@@ -10,6 +10,7 @@ validate, preview, schedule, follow the run's progress, pause it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,7 +151,10 @@ def test_the_dashboard_draws_every_indicator_with_csv_links(page: Any) -> None:
     reached.locator("summary").click()
     assert reached.locator("tbody td").all_inner_texts() == ["FR", "3", "0", "0", "3"]
     csv_link = page.locator(".indicator[data-name=opt_outs] a.csv")
-    assert csv_link.get_attribute("href") == "/api/operators/indicators/opt_outs.csv"
+    # The last 30 days by default, in the charts and in the CSV links alike.
+    month_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).date().isoformat()
+    assert csv_link.get_attribute("href") == f"/api/operators/indicators/opt_outs.csv?since={month_ago}"
+    assert month_ago in page.locator("#op-scope").inner_text()
     unanswered = page.locator(".indicator[data-name=unanswered]")
     unanswered.locator("summary").click()
     cell = unanswered.locator("tbody td").first

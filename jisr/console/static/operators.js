@@ -19,6 +19,7 @@
   const COLORS = ['#1f6f5c', '#d08c00', '#3b6fb6', '#b3261e', '#7b5ea7', '#2a9d8f', '#5b6678', '#e76f51'];
   const POLL_MS = 3000;
   const MAX_BARS = 12;
+  const DEFAULT_DAYS = 30;
   const main = document.getElementById('main');
   if (!main || !SECTION || SECTION === 'forbidden' || SECTION === 'not-found') return;
 
@@ -252,7 +253,9 @@
     const until = el('input', { type: 'date', name: 'until', id: 'op-until' });
     const country = selectOf('country', countryOptions(account), '');
     const params = new URLSearchParams(location.search);
-    since.value = params.get('since') || '';
+    // By default the last 30 days: all time reads the whole message log on every visit.
+    const monthAgo = new Date(Date.now() - DEFAULT_DAYS * 86400000).toISOString().slice(0, 10);
+    since.value = params.has('since') || params.has('until') ? (params.get('since') || '') : monthAgo;
     until.value = params.get('until') || '';
     country.value = params.get('country') || '';
     const scopeLine = el('p', { className: 'muted', id: 'op-scope' });
