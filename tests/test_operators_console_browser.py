@@ -54,6 +54,11 @@ def seed(store: ContactStore) -> None:
         store.apply_status(f"SM-browser-{n}", "read" if n % 2 else "delivered")
         if n <= 2:  # the same unanswered question from two French families: shown (as text)
             store.log_inbound(contact.id, "whatsapp", f"in-browser-{n}", HOSTILE, [], intent="nlu_fallback", language="fr")
+    # Opt-outs on two days: a line over time.
+    now = dt.datetime.now(dt.timezone.utc)
+    for n, days_ago in ((1, 2), (2, 0)):
+        contact = store.by_address(families[n].address)
+        store.record_consent(contact.id, "opted_out", "conversation", channel="whatsapp", at=now - dt.timedelta(days=days_ago))
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +160,9 @@ def test_the_dashboard_draws_every_indicator_with_csv_links(page: Any) -> None:
     month_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).date().isoformat()
     assert csv_link.get_attribute("href") == f"/api/operators/indicators/opt_outs.csv?since={month_ago}"
     assert month_ago in page.locator("#op-scope").inner_text()
+    opt_outs = page.locator(".indicator[data-name=opt_outs] svg.chart")
+    # Three days from the first opt-out to today: the day between shows as 0, not skipped.
+    assert opt_outs.locator("path").count() == 1 and opt_outs.locator("circle").count() == 3
     unanswered = page.locator(".indicator[data-name=unanswered]")
     unanswered.locator("summary").click()
     cell = unanswered.locator("tbody td").first

@@ -199,6 +199,18 @@
       ' ' + label(name))));
   }
 
+  /** Days from the first to the last of ``days`` ("YYYY-MM-DD", sorted), so a day without any
+   * event shows as 0 instead of being skipped; other labels are returned as they are. */
+  function dayRange(days) {
+    if (!days.length || !days.every(day => /^\d{4}-\d{2}-\d{2}$/.test(day))) return days;
+    const all = [];
+    const last = Date.parse(days[days.length - 1] + 'T00:00:00Z');
+    for (let at = Date.parse(days[0] + 'T00:00:00Z'); at <= last && all.length <= 800; at += 86400000) {
+      all.push(new Date(at).toISOString().slice(0, 10));
+    }
+    return all;
+  }
+
   /** A line per series (e.g. per channel) over the label column (days). */
   function lineChart(indicator) {
     const columns = indicator.columns;
@@ -206,7 +218,7 @@
     const xAt = at(indicator.chart.label);
     const yAt = at(indicator.chart.values[0]);
     const seriesAt = indicator.chart.series ? at(indicator.chart.series) : -1;
-    const xs = [...new Set(indicator.rows.map(row => String(row[xAt])))].sort();
+    const xs = dayRange([...new Set(indicator.rows.map(row => String(row[xAt])))].sort());
     const series = new Map();
     for (const row of indicator.rows) {
       const name = seriesAt >= 0 ? String(row[seriesAt]) : label(indicator.chart.values[0]);
