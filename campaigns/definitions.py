@@ -62,7 +62,7 @@ ROLES = ("parent", "student")
 CHANNELS = ("whatsapp", "telegram", "messenger", "webchat")
 LEVELS = ("preschool", "primary", "lower_secondary", "upper_secondary", "higher")
 # What contacts subscribe to when they opt in ("rentrée, exams, deadlines…").
-SUBSCRIPTION_TOPICS = ("school_start", "exams", "deadlines", "orientation", "programmes", "tutoring")
+from jisr.topics import SUBSCRIPTION_TOPICS  # noqa: E402  (one list: contacts subscribe to these, campaigns target them)
 
 # Placeholders a message may use. The four event ones only exist for campaigns
 # triggered by a calendar event; {dates} is "9–11 June 2027" or "18 May 2027"

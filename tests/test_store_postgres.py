@@ -35,7 +35,7 @@ telegram,123456789,ary,,ES-CT,student,lower_secondary,europe/madrid,non
 messenger,2345678901234567,de,DE,DE-BY,parent,,,opted_in
 whatsapp,whatsapp:+4915112345678,,,,,,,no
 """
-TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes", "suppressed_addresses"}
+TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes", "suppressed_addresses", "contact_topics"}
 INDEXES = {
     "contacts": {"ix_contacts_profile_id"},
     "messages": {"ix_messages_contact_id", "ix_messages_provider_message_id", "ix_messages_contact_created"},

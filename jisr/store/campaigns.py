@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from jisr.store.contacts import Contact
-from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contacts, messages
+from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contact_topics, contacts, messages
 
 # Statuses of a send that count towards the weekly cap: everything but failed and skipped.
 COUNTED_STATUSES = ("planned", "queued", "sent", "delivered", "read")
@@ -76,6 +76,15 @@ class CampaignStore:
             query = query.where(contacts.c.channel.in_(list(channels)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
+
+    def topics_between(self, first_contact: int, last_contact: int) -> dict[int, set[str]]:
+        """contact id → the topics it subscribed to, for contacts in [first_contact, last_contact]."""
+        found: dict[int, set[str]] = {}
+        query = sa.select(contact_topics.c.contact_id, contact_topics.c.topic).where(contact_topics.c.contact_id.between(first_contact, last_contact))
+        with self.engine.connect() as conn:
+            for contact_id, topic in conn.execute(query):
+                found.setdefault(contact_id, set()).add(topic)
+        return found
 
     # -- sends around a time (the weekly cap) -------------------------------------------------
 

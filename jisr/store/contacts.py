@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from jisr.store.migrations import migrate
-from jisr.store.schema import campaign_sends, consent_events, contacts, messages
+from jisr.store.schema import campaign_sends, consent_events, contact_topics, contacts, messages
 
 # Delivery statuses only move forward: a late "sent" receipt never undoes "read".
 STATUS_ORDER = {"planned": -1, "queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
@@ -112,6 +112,7 @@ class ImportedContact:
     role: Optional[str] = None
     school_level: Optional[str] = None
     timezone: Optional[str] = None
+    topics: tuple[str, ...] = ()     # subscription topics to add (jisr/topics.py); none: unchanged
 
 
 def _check_consent(consent: str, source: str, basis: Optional[str]) -> None:
@@ -251,6 +252,24 @@ class ContactStore:
                 .order_by(consent_events.c.at, consent_events.c.id)
             ).all()
         return [ConsentEvent.from_row(row) for row in rows]
+
+    # -- subscription topics (jisr/topics.py) ------------------------------------------
+
+    def subscribe_topics(self, contact_id: int, topics: Sequence[str], source: str, conn: Optional[Connection] = None) -> list[str]:
+        """Subscribe a contact to ``topics`` (already held ones are kept as they were); the topics added."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.subscribe_topics(contact_id, topics, source, own)
+        held = set(conn.execute(sa.select(contact_topics.c.topic).where(contact_topics.c.contact_id == contact_id)).scalars())
+        added = [t for t in dict.fromkeys(topics) if t not in held]
+        if added:
+            now = _now()
+            conn.execute(contact_topics.insert(), [{"contact_id": contact_id, "topic": t, "source": source, "at": now} for t in added])
+        return added
+
+    def topics_of(self, contact_id: int) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(contact_topics.c.topic).where(contact_topics.c.contact_id == contact_id)).scalars())
 
     # -- imported lists ----------------------------------------------------------------
 
@@ -417,6 +436,9 @@ class ContactStore:
         ]
         if events:
             conn.execute(consent_events.insert(), events)
+        for row in new + changed:
+            if row.topics:
+                self.subscribe_topics(known[row.address][0], row.topics, "import", conn)
         return outcomes
 
     def export_rows(self) -> Iterator[dict[str, Any]]:

@@ -29,6 +29,7 @@ import yaml
 
 from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES, reply_language_of
 from jisr.store.contacts import IMPORTED, OPT_IN_REFUSED, SUPPRESSED, UPDATED, ContactStore, ImportedContact
+from jisr.topics import SUBSCRIPTION_TOPICS, parse_topics
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ REQUIRED_COLUMNS = ("channel", "address", "consent")
 EXPORT_COLUMNS = IMPORT_COLUMNS + ("consent_changed_at",)
 # An export can be imported again: its extra column is accepted, and ignored (the import
 # records its own time for the consent changes it makes).
-ACCEPTED_COLUMNS = frozenset(EXPORT_COLUMNS)
+# "topics" (subscription topics, "exams;orientation": jisr/topics.py) may be imported too; it is
+# not exported here (a contact's topics are in `jisr contacts export ID`'s JSON).
+TOPICS_COLUMN = "topics"
+ACCEPTED_COLUMNS = frozenset(EXPORT_COLUMNS) | {TOPICS_COLUMN}
 
 CHANNELS = ("whatsapp", "telegram", "messenger")
 ROLES = ("parent", "student")
@@ -245,6 +249,12 @@ def validate_row(values: dict[str, str], line: int) -> tuple[Optional[ImportedCo
         if timezone is None:
             problems.append(("timezone", f"{_shown(cell['timezone'])} is not an IANA time zone such as Europe/Paris"))
 
+    topics: tuple[str, ...] = ()
+    if (values.get(TOPICS_COLUMN) or "").strip():
+        topics, unknown_topics = parse_topics(values[TOPICS_COLUMN])
+        if unknown_topics:
+            problems.append((TOPICS_COLUMN, f"{_shown(', '.join(unknown_topics))}: not a topic; topics are {', '.join(SUBSCRIPTION_TOPICS)} (separated by ;)"))
+
     consent = None
     if cell["consent"]:
         word = cell["consent"].lower()
@@ -255,7 +265,7 @@ def validate_row(values: dict[str, str], line: int) -> tuple[Optional[ImportedCo
 
     if problems:
         # Report in the file's column order, whatever order the checks ran in.
-        problems.sort(key=lambda p: IMPORT_COLUMNS.index(p[0]))
+        problems.sort(key=lambda p: IMPORT_COLUMNS.index(p[0]) if p[0] in IMPORT_COLUMNS else len(IMPORT_COLUMNS))
         return None, [Rejection(line, column, problem) for column, problem in problems]
     assert channel and address
     return (
@@ -270,6 +280,7 @@ def validate_row(values: dict[str, str], line: int) -> tuple[Optional[ImportedCo
             role=role,
             school_level=school_level,
             timezone=timezone,
+            topics=topics,
         ),
         [],
     )

@@ -244,6 +244,23 @@ def _v8_indicator_indexes(conn: Connection) -> None:
             conn.execute(sa.text(f"CREATE INDEX {quote(name)} ON {quote(table)} ({', '.join(quote(c) for c in columns)})"))
 
 
+# Step 9's table, frozen (schema.py holds the live copy): the topics a contact subscribed to.
+_v9_metadata = sa.MetaData()
+sa.Table("contacts", _v9_metadata, sa.Column("id", sa.Integer, primary_key=True))
+_v9_contact_topics = sa.Table(
+    "contact_topics",
+    _v9_metadata,
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("topic", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _v9_contact_topics_table(conn: Connection) -> None:
+    _v9_contact_topics.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
@@ -253,6 +270,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "handoffs to mediators, their notes; messages.author_account_id and handoff_id", _v6_handoffs_and_message_authors),
     (7, "suppressed addresses: keyed hashes of forgotten contacts", _v7_suppressed_addresses_table),
     (8, "indexes for the indicators: messages by direction and time, opt-outs and handoffs by time", _v8_indicator_indexes),
+    (9, "contact_topics: the reminder topics a contact subscribed to", _v9_contact_topics_table),
 ]
 
 

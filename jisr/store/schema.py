@@ -236,3 +236,17 @@ suppressed_addresses = sa.Table(
     sa.Column("address_hash", sa.String(64), primary_key=True),
     sa.Column("at", UtcDateTime(), nullable=False),
 )
+
+
+# --- Subscription topics (step 9) -------------------------------------------------------------
+# The reminders a contact asked for (campaigns/definitions.py SUBSCRIPTION_TOPICS: exams,
+# orientation, programmes…); a campaign with audience.topics reaches only contacts holding one.
+# One row per topic, with where the subscription came from (conversation, import, operator).
+contact_topics = sa.Table(
+    "contact_topics",
+    metadata,
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("topic", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+)

@@ -1,0 +1,125 @@
+"""Subscription topics: a family subscribes (in a conversation, in any language form, or by an
+imported list), and a campaign's audience.topics reaches exactly the contacts holding one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from campaigns.definitions import load_campaign
+from campaigns.planner import plan, preview
+from jisr.store import schema
+from jisr.store.campaigns import CampaignStore
+from jisr.store.contacts import ContactStore, create_db_engine
+from jisr.store.csv_io import import_csv
+from jisr.store.migrations import MIGRATIONS, migrate
+from jisr.topics import SUBSCRIPTION_TOPICS, parse_topics, subscribed_topics, topics_in
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Je veux les rappels des examens et de l'orientation", ("exams", "orientation")),            # fr
+        ("Quiero recordatorios de los exámenes y del refuerzo escolar", ("exams", "tutoring")),       # es
+        ("Voglio i promemoria degli esami e delle scadenze", ("exams", "deadlines")),                  # it
+        ("Ich möchte Erinnerungen an die Prüfungen und die Nachhilfe", ("exams", "tutoring")),         # de
+        ("أريد تذكيرات الامتحانات والتوجيه", ("exams", "orientation")),                               # ar
+        ("salam, bghit tfakir dyal l'imtihanat o tawjih", ("exams", "orientation")),                   # ary (Latin letters)
+        ("بغيت التذكير ديال الدخول المدرسي", ("school_start",)),                                       # ary (Arabic script)
+    ],
+)
+def test_the_topics_named_in_six_language_forms(text, expected):
+    assert topics_in(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abonnez-moi", "اشترك", "suscríbeme", "iscrivimi", "abonnieren", "bghit n9ayed"])
+def test_an_opt_in_naming_no_topic_subscribes_to_all(text):
+    assert topics_in(text) == ()
+    assert subscribed_topics(text) == SUBSCRIPTION_TOPICS
+
+
+def test_import_field_names_known_topics_and_refuses_others():
+    assert parse_topics("exams; orientation,exams") == (("exams", "orientation"), [])
+    assert parse_topics("exams;holidays") == (("exams",), ["holidays"])
+
+
+@pytest.fixture()
+def engine(tmp_path: Path):
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_the_migration_adds_the_table_at_the_end(engine):
+    assert MIGRATIONS[-1][2].__name__ == "_v9_contact_topics_table" or any(step.__name__ == "_v9_contact_topics_table" for _, _, step in MIGRATIONS)
+    assert migrate(engine) == MIGRATIONS[-1][0]
+    assert "contact_topics" in sa.inspect(engine).get_table_names()
+
+
+def test_an_imported_list_carries_topics_and_bad_ones_name_line_and_column(engine, tmp_path):
+    path = tmp_path / "families.csv"
+    path.write_text(
+        "channel,address,language,country,consent,topics\n"
+        "telegram,1001,ar,FR,opted_in,exams;orientation\n"
+        "telegram,1002,es,ES,opted_in,\n"
+        "telegram,1003,de,DE,opted_in,exams;holidays\n",
+        encoding="utf-8",
+    )
+    contacts = ContactStore(engine)
+    report = import_csv(contacts, path, "school newsletter form, 2026-09")
+    assert (report.imported, report.rejected) == (2, 1)
+    assert [(r.line, r.column) for r in report.rejections] == [(4, "topics")]
+    assert "holidays" in report.rejections[0].problem
+    first, second = contacts.by_address("telegram:1001"), contacts.by_address("telegram:1002")
+    assert first is not None and second is not None
+    assert contacts.topics_of(first.id) == ["exams", "orientation"]
+    assert contacts.topics_of(second.id) == []
+    # Importing again adds, never duplicates nor removes.
+    path.write_text("channel,address,consent,topics\ntelegram,1001,opted_in,tutoring;exams\n", encoding="utf-8")
+    import_csv(contacts, path, "school newsletter form, 2026-09")
+    assert contacts.topics_of(first.id) == ["exams", "orientation", "tutoring"]
+
+
+def test_audience_topics_reach_only_subscribed_contacts(engine, tmp_path):
+    contacts = ContactStore(engine)
+    store = CampaignStore(engine)
+    ids = {}
+    for name, language, topics in (("exams-ar", "ar", ("exams",)), ("all-fr", "fr", SUBSCRIPTION_TOPICS), ("orientation-es", "es", ("orientation",)), ("none-it", "it", ())):
+        with engine.begin() as conn:
+            ids[name] = int(conn.execute(schema.contacts.insert().values(
+                address=f"telegram:{len(ids) + 1}", channel="telegram", language=language, country="FR", role="parent",
+                consent="opted_in", created_at=NOW, timezone="Europe/Paris")).inserted_primary_key[0])
+        contacts.subscribe_topics(ids[name], topics, "conversation")
+    path = tmp_path / "exam-reminders.yml"
+    path.write_text(
+        """id: exam-reminders
+name: Exam reminders
+audience:
+  countries: [FR]
+  channels: [telegram]
+  topics: [exams]
+trigger:
+  at: "2026-08-10T12:00"
+send_window: {start: "09:00", end: "20:00"}
+weekly_cap: 2
+fallback_language: fr
+messages:
+  fr: "Rappel : les examens approchent."
+  ar: "تذكير: الامتحانات تقترب."
+  es: "Recordatorio: se acercan los exámenes."
+  it: "Promemoria: gli esami si avvicinano."
+  de: "Erinnerung: die Prüfungen nähern sich."
+""",
+        encoding="utf-8",
+    )
+    campaign = load_campaign(path)
+    assert preview(campaign, store, NOW).planned == 2
+    result = plan(campaign, store, NOW)
+    assert result.planned == 2
+    assert {row["contact_id"] for row in store.sends()} == {ids["exams-ar"], ids["all-fr"]}
