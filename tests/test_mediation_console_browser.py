@@ -18,6 +18,7 @@ Chromium is required, not optional (as in test_webchat_browser.py): a missing br
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 import secrets
@@ -511,6 +512,145 @@ def test_two_mediators_a_refused_claim_a_note_a_quick_reply_and_a_transfer(stack
     _item(karim, handoff["id"]).wait_for()
     assert _handoff_of(stack, number)["assigned_to"] == second.id
     assert amina.js_errors == [] and karim.js_errors == []
+
+
+# --- The reply window: free-form, HUMAN_AGENT tag, template, closed --------------------------------------
+
+
+def _family_last_wrote(stack, address: str, days_ago: float) -> None:
+    """Time passing: the family's last message is ``days_ago`` old (what decides the window)."""
+    engine = create_db_engine(stack["database_url"])
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days_ago)
+    with engine.begin() as conn:
+        conn.execute(contacts.update().where(contacts.c.address == address).values(last_inbound_at=when))
+
+
+def _messenger(stack, psid: str, text: str) -> None:
+    result = httpx.post(f"{stack['graph']}/_sim/inbound", json={"webhook_url": f"{stack['gateway']}/webhooks/messenger", "psid": psid, "text": text}, timeout=60)
+    assert result.status_code == 200, result.text
+
+
+def _messenger_sent(stack, psid: str) -> list[dict[str, Any]]:
+    records = httpx.get(f"{stack['graph']}/_sim/requests").json()["requests"]
+    return [r["json"] for r in records if r.get("status") == 200 and str(((r.get("json") or {}).get("recipient") or {}).get("id")) == psid]
+
+
+def _reopen(page: Any, handoff_id: int) -> None:
+    """Open the conversation again (a fresh read of its window: the clock moved, no event did)."""
+    page.goto(page.url.split("/console/")[0] + f"/console/mediation/{handoff_id}")
+    page.wait_for_selector("#window[data-form]")
+
+
+def test_the_reply_window_is_shown_and_followed_on_messenger_and_whatsapp(stack, people, open_console):
+    mediator = people["fr"]
+    page = open_console(mediator, width=1200)
+    _live(page)
+
+    # Messenger: free-form inside 24 hours, the HUMAN_AGENT tag up to 7 days, then closed with the reason.
+    psid = f"77{RUN:06d}{next(_numbers):03d}"
+    address = f"messenger:{psid}"
+    _messenger(stack, psid, "bonjour, je suis en France")
+    _wait_sent(lambda: [json_text(m) for m in _messenger_sent(stack, psid)], 0)
+    before = len(_messenger_sent(stack, psid))
+    _messenger(stack, psid, "je veux parler à quelqu'un")
+    _wait_sent(lambda: [json_text(m) for m in _messenger_sent(stack, psid)], before)
+    handoff = _handoff_of(stack, address)
+    _item(page, handoff["id"]).wait_for()
+    _open_conversation(page, handoff["id"])
+    assert page.locator("#window").get_attribute("data-form") == "text"
+    page.locator("#claim").click()
+    page.wait_for_selector("#conv-status[data-status='assigned']")
+
+    _family_last_wrote(stack, address, days_ago=3)
+    _reopen(page, handoff["id"])
+    assert page.locator("#window").get_attribute("data-form") == "tag:HUMAN_AGENT"
+    assert "HUMAN_AGENT" in page.locator("#window").inner_text()
+    before = len(_messenger_sent(stack, psid))
+    text = "Bonjour, je reviens vers vous au sujet de l'école."
+    page.locator("#reply-text").fill(text)
+    page.locator("#reply-send").click()
+    _wait_sent(lambda: [json_text(m) for m in _messenger_sent(stack, psid)], before, contains=text)
+    tagged = [m for m in _messenger_sent(stack, psid) if json_text(m) == text]
+    assert tagged and tagged[-1].get("messaging_type") == "MESSAGE_TAG" and tagged[-1].get("tag") == "HUMAN_AGENT"
+
+    _family_last_wrote(stack, address, days_ago=8)
+    _reopen(page, handoff["id"])
+    assert page.locator("#window").get_attribute("data-form") == "closed"
+    assert "7 days" in page.locator("#reply-refused").inner_text()
+    assert page.locator("#reply-send").is_disabled()
+
+    # WhatsApp after 24 hours: a template reopens the conversation; the text waits for the family.
+    number = _phone()
+    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
+    _whatsapp(stack, number, "bonjour, je suis en France")
+    _wait_sent(sent, 0)
+    before = len(sent())
+    _whatsapp(stack, number, "je veux parler à quelqu'un")
+    _wait_sent(sent, before)
+    handoff = _handoff_of(stack, number)
+    _family_last_wrote(stack, number, days_ago=1.5)
+    _item(page, handoff["id"]).wait_for()
+    _reopen(page, handoff["id"])
+    assert page.locator("#window").get_attribute("data-form") == "template"
+    records = lambda: [r for r in httpx.get(f"{stack['twilio']}/_sim/requests").json()["requests"] if r.get("to") == number]  # noqa: E731
+    before = len(records())
+    text = "Bonjour, je suis Amina, médiatrice : pouvez-vous me rappeler le nom de l'école ?"
+    page.locator("#reply-text").fill(text)
+    page.locator("#reply-send").click()
+    page.wait_for_function("() => [...document.querySelectorAll('#transcript .msg-mediator .msg-meta')].some(n => n.textContent.includes('famille répondra'))", timeout=WAIT_MS)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not any(r.get("content_sid") for r in records()[before:]):
+        time.sleep(0.1)
+    new = records()[before:]
+    assert any(r.get("content_sid") for r in new), new
+    assert not any(r.get("body") == text for r in new), "the text went out before the family reopened the window"
+    assert page.js_errors == []
+
+
+def json_text(message: dict[str, Any]) -> str:
+    return str(((message or {}).get("message") or {}).get("text") or "")
+
+
+# --- Priorities ------------------------------------------------------------------------------------------
+
+
+def test_a_childs_safety_comes_first_in_red_and_the_console_speaks_english_on_request(stack, people, open_console):
+    page = open_console(people["fr2"], width=1200)
+    _live(page)
+    asking, worried = _phone(), _phone()
+    for number in (asking, worried):
+        _whatsapp(stack, number, "bonjour, je suis en France")
+        _wait_sent(lambda: _whatsapp_sent(stack, number), 0)
+    before = len(_whatsapp_sent(stack, asking))
+    _whatsapp(stack, asking, "je veux parler à quelqu'un")
+    _wait_sent(lambda: _whatsapp_sent(stack, asking), before)
+    request = _handoff_of(stack, asking)
+    before = len(_whatsapp_sent(stack, worried))
+    _whatsapp(stack, worried, "mon fils est frappé à l'école tous les jours, il a peur")
+    _wait_sent(lambda: _whatsapp_sent(stack, worried), before)
+    safety = _handoff_of(stack, worried)
+
+    _item(page, request["id"]).wait_for()
+    _item(page, safety["id"]).wait_for()
+    order = [int(i) for i in page.locator("#handoffs .handoff").evaluate_all("nodes => nodes.map(n => n.dataset.id)")]
+    assert order.index(safety["id"]) < order.index(request["id"]), "the child's safety is not first"
+    badge = _item(page, safety["id"]).locator(".badge-safety")
+    assert badge.evaluate("node => getComputedStyle(node).backgroundColor") == "rgb(179, 38, 30)"
+    assert "sécurité" in _item(page, safety["id"]).inner_text()
+
+    # The language switch in the nav bar (a cookie; French is the default): English.
+    page.locator("#nav-lang").select_option("en")
+    page.wait_for_function("() => document.documentElement.lang === 'en'")
+    page.locator("#handoffs .handoff").first.wait_for()
+    assert page.locator(".list-head h2").inner_text() == "Open conversations"
+    assert "child's safety" in _item(page, safety["id"]).inner_text()
+
+    # A session that ended (here: its cookie gone) sends the next action to the login page, and back after.
+    page.context.clear_cookies()
+    page.locator("#refresh").click()
+    page.wait_for_url("**/console/login?next=*")
+    assert "next=%2Fconsole%2Fmediation" in page.url
+    assert page.js_errors == []
 
 
 # --- The shell -----------------------------------------------------------------------------------------
