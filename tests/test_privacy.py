@@ -228,6 +228,7 @@ def _seed_the_rest(gw: dict[str, Any]) -> dict[str, Any]:
     amina, youssef = _contact(gw, AMINA), _contact(gw, YOUSSEF)
     store.update_profile(amina.id, country="FR", language="fr")
     store.record_consent(amina.id, "opted_in", "conversation", None, "whatsapp")
+    store.subscribe_topics(amina.id, ["exams", "orientation"], "conversation")
     store.link([amina.id, youssef.id])  # the same family on WhatsApp and Telegram
     handoffs = HandoffStore(engine)
     opened = handoffs.open(amina.id, "whatsapp", "request", 3, "FR", "fr", "parent", topics=["enrolment"])
@@ -267,6 +268,7 @@ def test_export_holds_everything_seeded(gw):
     assert [(e["consent"], e["source"]) for e in data["consent_history"]] == [("opted_in", "conversation")]
     assert [(s["campaign_id"], s["status"]) for s in data["campaign_sends"]] == [("rentree_privacy", "queued")]
     assert [n["text"] for n in data["handoffs"][0]["notes"]] == [AMINA_NOTE]
+    assert sorted(t["topic"] for t in data["contact_topics"]) == ["exams", "orientation"]  # any table that refers to a contact
     # Rasa's conversation state: the tracker (sender id = the address) with what Amina wrote.
     tracker = data["conversation_state"]
     assert tracker is not None and tracker["name"] == AMINA  # Rasa stores a Dialogue: {"name": sender id, "events": […]}
@@ -288,6 +290,29 @@ def test_export_and_forget_are_for_admins_only(gw):
         # An address in the path is refused: it would land in access logs.
         assert api.get(f"/api/admin/contacts/{KARIM}/export").status_code == 422
     assert _contact(gw, KARIM) is not None, "nothing erased by the refused calls"
+
+
+def test_after_a_long_silence_the_bot_discloses_again(gw):
+    karim = _contact(gw, KARIM)
+    before = len(_sent_texts(gw, KARIM))
+    with gw["engine"].begin() as conn:
+        conn.execute(
+            schema.contacts.update().where(schema.contacts.c.id == karim.id).values(last_inbound_at=dt.datetime.now(UTC) - dt.timedelta(days=31))
+        )
+    # The 10-minute guard against two simultaneous first messages would have expired long ago.
+    services = gw["services"]
+    asyncio.run(_delete(services.redis, f"jisr:disclosed:{pseudonym.address_hash(KARIM)}"))
+    _say(gw, KARIM, "Und wann beginnen die Sommerferien in Nordrhein-Westfalen?")
+    texts = _wait_texts(gw, KARIM, before + 1)
+    assert texts[before].startswith(BOOK.text("bot_disclosure", "de")), texts[before]
+
+
+async def _delete(handle: Any, key: str) -> None:
+    client = handle.client()
+    try:
+        assert await client.delete(key) == 1, "the disclosure guard was set for the first reply"
+    finally:
+        await client.close()
 
 
 # -- forget --------------------------------------------------------------------------------------
@@ -331,6 +356,19 @@ def _sql_traces(engine: Any, needles: list[str]) -> list[str]:
     return found
 
 
+def _rows_referring_to(engine: Any, contact_ids: list[int]) -> list[str]:
+    """Rows of any table with a foreign key to contacts that point at ``contact_ids``."""
+    found = []
+    with engine.connect() as conn:
+        for table in schema.metadata.sorted_tables:
+            for fk in table.foreign_keys:
+                if fk.column.table is schema.contacts:
+                    count = conn.execute(sa.select(sa.func.count()).select_from(table).where(fk.parent.in_(contact_ids))).scalar()
+                    found += [f"{table.name}: {count}"] if count else []
+        count = conn.execute(sa.select(sa.func.count()).select_from(schema.contacts).where(schema.contacts.c.id.in_(contact_ids))).scalar()
+    return found + ([f"contacts: {count}"] if count else [])
+
+
 def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
     seeded, services = gw["seeded"], gw["services"]
     handle = services.redis
@@ -365,7 +403,12 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
     assert report["contacts"] == 2 and report["jobs_removed"] >= 2 and report["redis_erased"] and report["suppressed"] == 2
 
     assert _sql_traces(gw["engine"], needles) == []
+    assert _rows_referring_to(gw["engine"], [seeded["amina"], seeded["youssef"]]) == []
     assert _redis_traces(handle, [n.encode() for n in needles]) == []
+    # Not only unreachable by SQL: the database file itself (free pages, WAL) holds none of it.
+    database = Path(gw["settings"].database_url[len("sqlite:///") :])
+    raw = b"".join(p.read_bytes() for p in (database, Path(f"{database}-wal")) if p.exists())
+    assert [n for n in needles if n.encode() in raw] == []
     assert _contact(gw, KARIM) is not None, "other families are untouched"
 
     # The bulk worker finds nothing to send to her.
@@ -495,9 +538,11 @@ def test_retention_purge_empties_old_content_and_keeps_the_counts(tmp_path):
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-def _cli(tmp_path: Path, *args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+def _cli(tmp_path: Path, *args: str, stdin: Optional[str] = None, redis_url: Optional[str] = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JISR_REDIS_URL")}
     env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}", JISR_LOG_PSEUDONYM_KEY=PSEUDONYM_KEY)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
     return subprocess.run([sys.executable, "-m", "jisr.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, input=stdin, timeout=120)
 
 
@@ -536,3 +581,41 @@ def test_cli_exports_one_contact_and_forgets_it(tmp_path):
 
     purged = _cli(tmp_path, "privacy", "purge", "--dry-run")
     assert purged.returncode == 0 and "would empty 0 messages" in purged.stdout
+
+
+def test_cli_with_a_shared_redis_exports_and_forgets_the_conversation_state_and_queued_replies(tmp_path):
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    store = ContactStore(engine)
+    contact = store.get_or_create("telegram:6029384756", "telegram")
+    store.log_inbound(contact.id, "telegram", "900001", "salam, wldi Hamza f 3eme", [])
+    store.log_outbound(contact.id, "telegram", "Hamza: voici les étapes", "reply:cli-test:0")
+    engine.dispose()
+    handle = connect_redis(None, name="cli-redis", directory=tmp_path)
+    try:
+        tracker = {"name": "telegram:6029384756", "events": [{"event": "user", "text": "salam, wldi Hamza f 3eme", "timestamp": time.time()}]}
+        redis_sync.Redis(host=handle.host, port=handle.port, db=1).set("jisr:tracker:telegram:6029384756", json.dumps(tracker))
+        job = SendJob(idempotency_key="reply:cli-test", channel="telegram", address="telegram:6029384756", parts=(("Hamza: voici les étapes", ()),), contact_id=contact.id)
+
+        async def enqueue() -> bool:
+            outbox = await Outbox.connect(handle.host, handle.port)
+            try:
+                return await outbox.enqueue(job, defer_seconds=600)
+            finally:
+                await outbox.close()
+
+        assert asyncio.run(enqueue())
+        exported = _cli(tmp_path, "contacts", "export", "telegram:6029384756", redis_url=handle.url)
+        assert exported.returncode == 0, exported.stderr
+        assert json.loads(exported.stdout)["conversation_state"]["events"][0]["text"] == "salam, wldi Hamza f 3eme"
+
+        done = _cli(tmp_path, "contacts", "forget", str(contact.id), "--yes", "--json", redis_url=handle.url)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["redis_erased"] and report["jobs_removed"] == 1
+        assert _redis_traces(handle, [b"6029384756", b"Hamza"]) == []
+        engine = create_db_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+        assert _sql_traces(engine, ["6029384756", "Hamza"]) == []
+        assert len(AuditLog(engine).list(action="contact.forget", target_id=contact.id)) == 1
+        engine.dispose()
+    finally:
+        handle.close()

@@ -12,24 +12,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from connectors.types import address_id
 from jisr import keys
 from jisr.privacy.pseudonym import address_hash, suppression_hash
 from jisr.privacy.state import ConversationRedis
-from jisr.store.schema import (
-    campaign_sends,
-    consent_events,
-    contacts,
-    handoff_notes,
-    handoffs,
-    messages,
-    suppressed_addresses,
-)
+from jisr.store.schema import campaign_sends, contacts, messages, metadata, suppressed_addresses
 
 
 @dataclass
@@ -98,9 +90,25 @@ def erasure_target(engine: Engine, contact_id: int, whole_profile: bool = False)
     )
 
 
+def referencing(parent: sa.Table) -> list[tuple[sa.Table, sa.Column]]:
+    """(table, column) of every foreign key to ``parent``: a table added later (topics, a
+    mediator's events…) is erased and exported without anyone remembering to list it here."""
+    return [(table, fk.parent) for table in metadata.sorted_tables for fk in table.foreign_keys if fk.column.table is parent]
+
+
+def _delete_under(conn: Connection, parent: sa.Table, parent_ids: Sequence[int], counts: dict[str, int]) -> None:
+    """Delete the rows referencing ``parent_ids`` of ``parent``, their own dependents first
+    (explicitly: SQLite applies ON DELETE CASCADE only with foreign keys on)."""
+    for child, column in referencing(parent):
+        if referencing(child) and parent_ids:
+            child_ids = conn.execute(sa.select(child.c.id).where(column.in_(parent_ids))).scalars().all()
+            _delete_under(conn, child, child_ids, counts)
+        deleted = conn.execute(child.delete().where(column.in_(parent_ids))).rowcount if parent_ids else 0
+        counts[child.name] = counts.get(child.name, 0) + deleted
+
+
 def _erase_sql(engine: Engine, target: ErasureTarget) -> dict[str, int]:
-    """Delete every row in one transaction, children first (no reliance on ON DELETE CASCADE,
-    which SQLite applies only with foreign keys on), and leave the suppression hashes."""
+    """Delete every row in one transaction and leave the suppression hashes."""
     ids = target.contact_ids
     counts: dict[str, int] = {}
     now = dt.datetime.now(dt.timezone.utc)
@@ -108,12 +116,7 @@ def _erase_sql(engine: Engine, target: ErasureTarget) -> dict[str, int]:
         if conn.dialect.name == "sqlite":
             # Overwrite deleted content with zeros in the database file, not just unlink it.
             conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        held = sa.select(handoffs.c.id).where(handoffs.c.contact_id.in_(ids)).scalar_subquery()
-        counts["handoff_notes"] = conn.execute(handoff_notes.delete().where(handoff_notes.c.handoff_id.in_(held))).rowcount
-        counts["messages"] = conn.execute(messages.delete().where(messages.c.contact_id.in_(ids))).rowcount
-        counts["handoffs"] = conn.execute(handoffs.delete().where(handoffs.c.contact_id.in_(ids))).rowcount
-        counts["consent_events"] = conn.execute(consent_events.delete().where(consent_events.c.contact_id.in_(ids))).rowcount
-        counts["campaign_sends"] = conn.execute(campaign_sends.delete().where(campaign_sends.c.contact_id.in_(ids))).rowcount
+        _delete_under(conn, contacts, ids, counts)
         counts["contacts"] = conn.execute(contacts.delete().where(contacts.c.id.in_(ids))).rowcount
         hashes = {suppression_hash(address) for address in target.addresses}
         known = set(

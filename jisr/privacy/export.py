@@ -15,10 +15,13 @@ from typing import Any, Optional
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from jisr.privacy.erasure import referencing
 from jisr.privacy.state import ConversationRedis
 from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contacts, handoff_notes, handoffs, messages
 
 FORMAT_VERSION = 1
+# Tables with their own section above; every other table referring to a contact gets one by its name.
+SECTIONS = frozenset({"messages", "consent_events", "campaign_sends", "handoffs"})
 
 
 def resolve_contact(engine: Engine, reference: str) -> Optional[int]:
@@ -87,6 +90,13 @@ def sql_export(engine: Engine, contact_id: int) -> Optional[dict[str, Any]]:
             .where(handoff_notes.c.handoff_id.in_([h["id"] for h in held] or [-1]))
             .order_by(handoff_notes.c.id),
         )
+        # Every other table that refers to a contact (subscription topics, and whatever is added
+        # later): the same list erasure.py deletes from.
+        other = {
+            table.name: _rows(conn, sa.select(table).where(column == contact_id))
+            for table, column in referencing(contacts)
+            if table.name not in SECTIONS
+        }
     for handoff in held:
         _json_field(handoff, "topics")
         handoff["notes"] = [note for note in notes if note["handoff_id"] == handoff["id"]]
@@ -97,6 +107,7 @@ def sql_export(engine: Engine, contact_id: int) -> Optional[dict[str, Any]]:
         "consent_history": consent,
         "campaign_sends": sends,
         "handoffs": held,
+        **{name: rows for name, rows in sorted(other.items())},
     }
 
 
