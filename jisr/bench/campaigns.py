@@ -184,6 +184,7 @@ class CampaignBenchReport:
     throughput: dict[str, Any] = field(default_factory=dict)
     rate: dict[str, Any] = field(default_factory=dict)
     crash: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
 
     def targets(self) -> dict[str, Any]:
         verdict: dict[str, Any] = {}
@@ -214,12 +215,16 @@ class CampaignBenchReport:
                 ("plan (write sends)", f"{p['plan_seconds']:.2f} s", f"{p['planned']:,} planned, {p['excluded']:,} excluded"),
                 ("queue jobs (Redis)", f"{p['enqueue_seconds']:.2f} s", f"{p['enqueued']:,} jobs, {p['enqueued'] / max(p['enqueue_seconds'], 1e-9):,.0f}/s"),
             ]
+        b = self.baseline
         if t:
+            beside = f"; baseline: the simulators alone {b['per_second']:,.0f}/s" if b else ""
             rows += [
-                ("send throughput", f"{t['per_second']:,.0f} msg/s", f"{t['sent']:,} sent by {t['workers']} workers, first→last acceptance {t['seconds']:.1f} s"),
+                ("send throughput", f"{t['per_second']:,.0f} msg/s", f"{t['sent']:,} sent by {t['workers']} workers, first→last acceptance {t['seconds']:.1f} s{beside}"),
                 ("  wall clock", f"{t['wall_per_second']:,.0f} msg/s", f"{t['wall_seconds']:.1f} s incl. worker start-up; {t['skipped']:,} skipped at send time"),
                 ("  duplicates / to opted out", f"{t['duplicates']} / {t['sent_to_opted_out']}", f"{t['recorded']:,} accepted by the simulators"),
             ]
+        if b:
+            rows += [("  baseline (simulators alone)", f"{b['per_second']:,.0f} req/s", f"{b['requests']:,} send requests, {b['concurrency']} in flight, one client, no queue nor SQL")]
         if r:
             rows += [
                 ("rate limit", f"{r['achieved']:.1f}/s vs {r['configured']:.0f}/s", f"deviation {r['deviation'] * 100:+.1f} % (steady state: second half of the run, after the {r['burst']:.0f}-token burst)"),
@@ -450,6 +455,38 @@ class Bench:
             contacts.record_consent(contact_id, "opted_out", "conversation", None, None)
         return len(ids)
 
+    async def phase_baseline(self, report: CampaignBenchReport, requests: int = 3000, concurrency: int = 8) -> None:
+        """The simulators alone: the three hammered at once with the providers' real send requests
+        (one httpx client, ``concurrency`` in flight), no queue, no SQL. Throughput can be no better
+        than this on the same machine, so it is printed beside it."""
+        import httpx
+
+        sid = SECRETS["twilio_account_sid"]
+        calls = {
+            "twilio": lambda i: dict(url=f"{self.sims['twilio']}/2010-04-01/Accounts/{sid}/Messages.json", auth=(sid, SECRETS["twilio_auth_token"]),
+                                     data={"To": f"whatsapp:+339{i:08d}", "From": "whatsapp:+14155238886", "Body": "Bonjour"}),
+            "telegram": lambda i: dict(url=f"{self.sims['telegram']}/bot{SECRETS['telegram_token']}/sendMessage", json={"chat_id": 10_000 + i, "text": "Bonjour"}),
+            "graph": lambda i: dict(url=f"{self.sims['graph']}/me/messages", params={"access_token": SECRETS["page_token"]},
+                                    json={"recipient": {"id": str(10_000 + i)}, "messaging_type": "RESPONSE", "message": {"text": "Bonjour"}}),
+        }
+        self.reset_simulators()
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(kind: str, i: int) -> None:
+                async with gate:
+                    response = await client.post(**calls[kind](i))
+                    if response.status_code >= 300:
+                        raise RuntimeError(f"the {kind} simulator refused the baseline request: {response.status_code}")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(kind, i) for i in range(requests // 3) for kind in calls))
+            seconds = time.perf_counter() - started
+        self.reset_simulators()
+        report.baseline = dict(requests=requests // 3 * 3, concurrency=concurrency, seconds=round(seconds, 2), per_second=round(requests // 3 * 3 / seconds, 1))
+        self.say(f"baseline: the three simulators alone answer {report.baseline['per_second']:,.0f} sends/s")
+
     async def phase_plan_and_throughput(self, report: CampaignBenchReport) -> None:
         n = self.options.contacts
         url, engine = self.fresh("throughput")
@@ -575,6 +612,7 @@ async def run_bench(options: CampaignBenchOptions, progress: Any = None) -> Camp
         bench.redis = connect_redis(None, name="bench-redis", directory=tmp / "redis")
         bench.start_simulators()
         say(f"simulators on {', '.join(bench.sims.values())}; redis {bench.redis.url}")
+        await bench.phase_baseline(report)
         await bench.phase_plan_and_throughput(report)
         await bench.phase_rate(report)
         await bench.phase_crash(report)
