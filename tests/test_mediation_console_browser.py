@@ -441,6 +441,18 @@ def test_markup_in_a_family_message_is_shown_as_text_and_never_runs(stack, peopl
     # In the list too (the handoff's reason and names are text), and the page is still the console.
     assert page.locator(".handoff img").count() == 0
 
+    # A voice note while the mediator holds the case reaches the console too (as a link, not a player).
+    result = httpx.post(
+        f"{stack['twilio']}/_sim/inbound",
+        json={"webhook_url": f"{stack['gateway']}/webhooks/whatsapp", "from": number, "body": "", "media": [{"content_type": "audio/ogg"}]},
+        timeout=60,
+    ).json()
+    assert result["statuses"][-1] == 200, result
+    voice = page.locator("#transcript .msg-family .msg-media").last
+    voice.wait_for()
+    assert voice.inner_text().startswith("Pièce jointe : message vocal") and "audio/ogg" in voice.inner_text()
+    assert page.locator("#transcript audio, #transcript img").count() == 0
+
 
 # --- Two mediators on one case: a refused claim, notes, quick replies, a transfer --------------------
 

@@ -283,10 +283,13 @@
   function mediaOf(message) {
     const items = Array.isArray(message.media) ? message.media : message.media ? [message.media] : [];
     return items.map(item => {
-      const url = typeof item === 'string' ? item : item && item.url;
-      const kind = (item && (item.content_type || item.kind || item.type)) || '';
-      const label = t('mediation.media') + (kind ? ` (${kind})` : '');
+      const kind = (item && item.kind) || 'other';
+      const named = t('mediation.media_kind.' + kind);
+      let label = t('mediation.media', { kind: named.startsWith('mediation.') ? kind : named });
+      if (kind === 'location' && item.latitude !== undefined) label += ` (${Number(item.latitude).toFixed(5)}, ${Number(item.longitude).toFixed(5)})`;
+      else if (item && item.mime_type) label += ` (${item.mime_type})`;
       // Only web addresses become links (never javascript: or data:); the rest is shown as text.
+      const url = item && item.url;
       if (url && /^https?:\/\//i.test(url)) return el('a', { className: 'msg-media', href: url, text: label, attrs: { target: '_blank', rel: 'noopener noreferrer' } });
       return el('span', { className: 'msg-media', text: label });
     });
