@@ -619,3 +619,69 @@ def test_cli_with_a_shared_redis_exports_and_forgets_the_conversation_state_and_
         engine.dispose()
     finally:
         handle.close()
+
+
+# -- PostgreSQL: the same erasure and purge statements -------------------------------------------
+
+
+def test_forget_and_purge_on_postgresql():
+    from jisr.mediation.store import HandoffStore
+    from jisr.privacy.erasure import forget
+    from jisr.privacy.export import export_contact
+    from pg_server import postgres_server
+
+    with postgres_server(timezone="America/St_Johns") as server_url:
+        admin = sa.create_engine(server_url, future=True, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text('CREATE DATABASE "privacy"'))
+        admin.dispose()
+        engine = create_db_engine(server_url.rsplit("/", 1)[0] + "/privacy")
+        try:
+            store = ContactStore(engine)
+            old = dt.datetime.now(UTC) - dt.timedelta(days=200)
+            leaving = store.get_or_create("messenger:4455667788", "messenger")
+            staying = store.get_or_create("messenger:9988776655", "messenger")
+            for contact, text in ((leaving, "Mein Sohn Malik braucht Nachhilfe"), (staying, "Meine Tochter Rania auch")):
+                store.log_inbound(contact.id, "messenger", f"m-{contact.id}", text, [])
+                store.log_outbound(contact.id, "messenger", "Antwort", f"reply:{contact.id}:0")
+                store.record_consent(contact.id, "opted_in", "conversation")
+                store.subscribe_topics(contact.id, ["tutoring"], "conversation")
+                handoff = HandoffStore(engine).open(contact.id, "messenger", "request", 3, "DE", "de", "parent").handoff
+                HandoffStore(engine).add_note(handoff.id, None, f"Notiz {text}", now=old)  # type: ignore[arg-type]
+            with engine.begin() as conn:
+                conn.execute(schema.messages.update().where(schema.messages.c.contact_id == staying.id).values(created_at=old))
+
+            document = asyncio.run(export_contact(engine, None, leaving.id))
+            assert document is not None and [m["text"] for m in document["messages"]] == ["Mein Sohn Malik braucht Nachhilfe", "Antwort"]
+            report = asyncio.run(forget(engine, None, leaving.id))
+            assert report is not None and not report.redis_erased and report.suppressed == 1
+            assert report.rows["handoff_notes"] == 1 and report.rows["contact_topics"] == 1
+            assert _rows_referring_to(engine, [leaving.id]) == [] and _sql_traces(engine, ["4455667788", "Malik"]) == []
+
+            purged = asyncio.run(purge(engine, None, 180))
+            assert (purged.messages, purged.notes, purged.trackers) == (2, 1, None)
+            assert [m["text"] for m in store.transcript(staying.id)] == [None, None]
+            assert _sql_traces(engine, ["Rania"]) == []
+        finally:
+            engine.dispose()
+
+
+def test_access_log_lines_lose_their_query_strings():
+    from jisr.privacy.logs import keep_personal_data_out_of_logs
+
+    keep_personal_data_out_of_logs()
+    access, keep = logging.getLogger("uvicorn.access"), _Keep()
+    access.addHandler(keep)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        # As uvicorn writes it (protocols/http/h11_impl.py): the Messenger handshake, a console search.
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/webhooks/messenger?hub.mode=subscribe&hub.verify_token=s3cr3t-verify&hub.challenge=1", "1.1", 200)
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/api/operators/contacts?q=%2B33745190263", "1.1", 200)
+    finally:
+        access.removeHandler(keep)
+        access.setLevel(level)
+    assert keep.lines == [
+        'INFO uvicorn.access: 127.0.0.1:5000 - "GET /webhooks/messenger?… HTTP/1.1" 200',
+        'INFO uvicorn.access: 127.0.0.1:5000 - "GET /api/operators/contacts?… HTTP/1.1" 200',
+    ]

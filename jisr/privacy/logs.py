@@ -10,6 +10,9 @@ message texts at INFO are raised to WARNING here (their warnings and errors stil
 - Rasa and rasa_sdk log conversation ids (the address) and texts at DEBUG/INFO;
 - python-telegram-bot logs call parameters (chat ids, texts) at DEBUG.
 
+Uvicorn's access log is kept, without query strings: Messenger's verification handshake
+carries the verify token there, and a console search (?q=+33612…) a phone number.
+
 arq's worker is kept at INFO (its job timings are useful) but its "→ send_message({...})"
 line prints the job's arguments — the address and the text, cut at 80 characters: a filter
 hides them (_HideJobArguments).
@@ -41,12 +44,24 @@ class _HideJobArguments(logging.Filter):
         return True
 
 
+class _DropQueryStrings(logging.Filter):
+    """uvicorn.access: '%s - "%s %s HTTP/%s" %d' with (client, method, path?query, version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str) and "?" in record.args[2]:
+            args = list(record.args)
+            args[2] = args[2].split("?", 1)[0] + "?…"
+            record.args = tuple(args)
+        return True
+
+
 def keep_personal_data_out_of_logs() -> None:
     """Raise the talkative libraries to WARNING (never lower a level set higher elsewhere),
     and hide the arguments of arq's job lines. Safe to call more than once."""
     for name in TALKATIVE_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(max(logger.level, logging.WARNING))
-    arq_logger = logging.getLogger("arq.worker")
-    if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
-        arq_logger.addFilter(_HideJobArguments())
+    for name, kind in (("arq.worker", _HideJobArguments), ("uvicorn.access", _DropQueryStrings)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
