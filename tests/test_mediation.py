@@ -506,6 +506,27 @@ def test_whatsapp_outside_24_hours_reopens_with_a_template_and_the_text_follows_
     assert [r["body"] for r in sent[before:]] == [text, "Répondez-moi quand vous pouvez."]
 
 
+def test_web_chat_has_no_window_and_the_reply_reaches_the_page(stack, engine, api):
+    gateway = stack["gateway"]
+    session = httpx.post(f"{gateway}/api/webchat/session", timeout=30).json()["session"]
+    headers = {"X-Jisr-Session": session}
+    address = f"webchat:{session.split('.')[0]}"
+    add_contact(engine, address, "webchat", country="IT", language="it")
+    sent = httpx.post(f"{gateway}/api/webchat/messages", json={"text": "voglio parlare con una persona", "client_message_id": "w-1"}, headers=headers, timeout=60)
+    assert sent.status_code == 200
+    handoff = open_handoff(engine, address)
+    backdate_window(engine, address, dt.timedelta(days=30))  # no platform window on our own web chat
+    mediator = api("all")
+    assert mediator.get(f"/handoffs/{handoff['id']}").json()["window"] == {"reply_form": "text", "closes_at": None, "reason": None}
+    assert mediator.post(f"/handoffs/{handoff['id']}/reply", json={"text": "Buongiorno, sono la mediatrice."}).status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        texts = [m["text"] for m in httpx.get(f"{gateway}/api/webchat/messages?after=0&wait=2", headers=headers, timeout=30).json()["messages"]]
+        if "Buongiorno, sono la mediatrice." in texts:
+            break
+        assert time.monotonic() < deadline, texts
+
+
 # --- handing back and resolving ------------------------------------------------------------------------
 
 
@@ -587,6 +608,11 @@ def test_claim_assign_transfer_and_notes(stack, engine, api, people):
     assert notes[-1]["text"] == "La mère préfère être appelée le soir." and notes[-1]["author_name"] in ("Claire Médiatrice", "Karim Médiateur")
     mine = other.get("/handoffs", params={"status": "mine"}).json()["handoffs"]
     assert hid in [h["id"] for h in mine]
+    assert hid in [h["id"] for h in other.get("/handoffs", params={"country": "FR"}).json()["handoffs"]]
+    assert hid not in [h["id"] for h in other.get("/handoffs", params={"country": "BE"}).json()["handoffs"]]
+    assert other.post(f"/handoffs/{hid}/hand-back").status_code == 200
+    assert audit_actions(engine, other_id, hid)[-4:] == ["handoff.claim", "handoff.note", "handoff.read", "handoff.hand_back"]
+    assert hid in [h["id"] for h in other.get("/handoffs", params={"status": "closed"}).json()["handoffs"]]
 
 
 # --- access control and validation ---------------------------------------------------------------------------
