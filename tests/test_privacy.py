@@ -685,3 +685,39 @@ def test_access_log_lines_lose_their_query_strings():
         'INFO uvicorn.access: 127.0.0.1:5000 - "GET /webhooks/messenger?… HTTP/1.1" 200',
         'INFO uvicorn.access: 127.0.0.1:5000 - "GET /api/operators/contacts?… HTTP/1.1" 200',
     ]
+
+
+def test_two_gateways_purge_once_a_day(tmp_path, caplog):
+    """Each gateway process runs purge_daily; the day-long Redis lock lets one of them purge."""
+    from jisr.privacy import retention
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
+    store = ContactStore(engine)
+    handle = connect_redis(None, name="purge-lock", directory=tmp_path)
+    contact = store.get_or_create("webchat:purge-test", "webchat")
+    message = store.log_inbound(contact.id, "webchat", "p-1", "un vieux message sur Yanis", [])
+    with engine.begin() as conn:
+        conn.execute(schema.messages.update().where(schema.messages.c.id == message).values(created_at=dt.datetime.now(UTC) - dt.timedelta(days=400)))
+
+    async def run() -> None:
+        gateways = [ConversationRedis.from_handle(handle) for _ in range(2)]
+        tasks = [asyncio.create_task(retention.purge_daily(engine, redis, 180, first_delay=0)) for redis in gateways]
+        deadline = time.monotonic() + 20
+        while store.transcript(contact.id)[0]["text"] is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the other process's try, had it not been refused by the lock
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert await gateways[0].jisr.ttl("jisr:privacy:purge-lock") > 23 * 3600
+        for redis in gateways:
+            await redis.close()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="jisr.privacy.retention"):
+            asyncio.run(run())
+        assert store.transcript(contact.id)[0]["text"] is None
+        assert len([r for r in caplog.records if r.getMessage().startswith("retention purge: ")]) == 1
+    finally:
+        handle.close()
+        engine.dispose()
