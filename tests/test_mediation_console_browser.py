@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -267,12 +268,14 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
     assert _not_reloaded(page)
     assert item.locator(".handoff-country").inner_text() == "FR"
     assert item.locator(".handoff-language").inner_text() == "fr"
+    assert re.match(r"^\(\d+\) Médiation — Jisr$", page.title()), page.title()
 
     # The conversation: the family's words and the bot's part, told apart.
     _open_conversation(page, handoff["id"])
     assert "je veux parler à quelqu'un" in _family_texts(page)
     assert page.locator("#transcript .msg-bot").count() >= 1
-    assert page.locator("#profile").inner_text().count("FR") >= 1
+    profile = page.locator("#profile").inner_text()
+    assert "FR" in profile and "demande de médiateur" in profile and "inform" not in profile
 
     # Claim and reply: the reply reaches the family over WhatsApp.
     reply = "Bonjour, je suis Amina, médiatrice scolaire. Comment puis-je vous aider ?"

@@ -111,11 +111,15 @@
     return el('li', null, button);
   }
 
+  const BASE_TITLE = document.title;
   function renderList() {
     clear(listBox);
     const sorted = state.handoffs.slice().sort(byUrgency);
     for (const handoff of sorted) listBox.appendChild(handoffItem(handoff));
     emptyBox.hidden = sorted.length > 0;
+    // The waiting count in the tab's title: seen from another tab or app.
+    const waiting = sorted.filter(h => h.status === 'waiting').length;
+    document.title = (waiting ? `(${waiting}) ` : '') + BASE_TITLE;
   }
 
   function tickWaiting() {
@@ -190,6 +194,15 @@
     return [el('div', null, el('dt', { text: label }), el('dd', { text, dir: 'auto' }))];
   }
 
+  // Small talk says nothing about the family's needs: left out of "topics detected".
+  const SMALL_TALK = new Set(['affirm', 'deny', 'greet', 'goodbye', 'thank', 'inform', 'bot_challenge', 'change_language', 'opt_in', 'nlu_fallback']);
+  function topicNames(intents) {
+    return intents.filter(intent => !SMALL_TALK.has(intent)).map(intent => {
+      const name = t('mediation.topic.' + intent);
+      return name.startsWith('mediation.topic.') ? intent : name;
+    });
+  }
+
   function isMine(handoff) {
     return Boolean(handoff.assigned_to && state.account && handoff.assigned_to.id === state.account.id);
   }
@@ -217,7 +230,7 @@
       ...field(t('mediation.profile.role'), contact.role || handoff.role),
       ...field(t('mediation.profile.school_level'), contact.school_level),
       ...field(t('mediation.profile.channel'), contact.channel || handoff.channel),
-      ...field(t('mediation.profile.topics'), detail.topics || []));
+      ...field(t('mediation.profile.topics'), topicNames(detail.topics || [])));
   }
 
   function confirmButton(id, label, confirmLabel, action, extraClass) {
