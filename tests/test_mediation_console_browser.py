@@ -626,10 +626,10 @@ def json_text(message: dict[str, Any]) -> str:
     return str(((message or {}).get("message") or {}).get("text") or "")
 
 
-# --- Priorities ------------------------------------------------------------------------------------------
+# --- Priorities, auto-assign, resolve, the language of the console ------------------------------------------------------------------------------------------
 
 
-def test_a_childs_safety_comes_first_in_red_and_the_console_speaks_english_on_request(stack, people, open_console):
+def test_a_childs_safety_first_in_red_auto_assign_resolve_and_english_on_request(stack, people, open_console, replies):
     page = open_console(people["fr2"], width=1200)
     _live(page)
     asking, worried = _phone(), _phone()
@@ -652,6 +652,25 @@ def test_a_childs_safety_comes_first_in_red_and_the_console_speaks_english_on_re
     badge = _item(page, safety["id"]).locator(".badge-safety")
     assert badge.evaluate("node => getComputedStyle(node).backgroundColor") == "rgb(179, 38, 30)"
     assert "sécurité" in _item(page, safety["id"]).inner_text()
+
+    # Auto-assign: the least-loaded mediator covering France gets the safety case.
+    _open_conversation(page, safety["id"])
+    page.locator("#auto-assign").click()
+    page.wait_for_selector("#conv-status[data-status='assigned']")
+    holder = AccountStore(create_db_engine(stack["database_url"])).get(_handoff_of(stack, worried)["assigned_to"])
+    assert holder is not None and holder.role == "mediator" and holder.covers_country("FR")
+    assert holder.display_name in page.locator("#conv-assigned").inner_text()
+
+    # Resolve the other: the family is told, and the case leaves the open list.
+    _open_conversation(page, request["id"])
+    before = len(_whatsapp_sent(stack, asking))
+    page.locator("#resolve").click()
+    assert page.locator("#resolve").inner_text() == "Clôturer cette conversation ?"
+    page.locator("#resolve").click()
+    page.wait_for_url("**/console/mediation")
+    _item(page, request["id"]).wait_for(state="detached")
+    _wait_sent(lambda: _whatsapp_sent(stack, asking), before, contains=replies.text("handoff_resolved", "fr").splitlines()[0])
+    assert _handoff_of(stack, asking)["status"] == "resolved"
 
     # The language switch in the nav bar (a cookie; French is the default): English.
     page.locator("#nav-lang").select_option("en")
