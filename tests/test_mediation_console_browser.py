@@ -626,7 +626,7 @@ def json_text(message: dict[str, Any]) -> str:
     return str(((message or {}).get("message") or {}).get("text") or "")
 
 
-# --- Priorities, auto-assign, resolve, the language of the console ------------------------------------------------------------------------------------------
+# --- Priorities, auto-assign, resolve, the language of the console ----------------------------------
 
 
 def test_a_childs_safety_first_in_red_auto_assign_resolve_and_english_on_request(stack, people, open_console, replies):
