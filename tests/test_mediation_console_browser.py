@@ -626,10 +626,10 @@ def json_text(message: dict[str, Any]) -> str:
     return str(((message or {}).get("message") or {}).get("text") or "")
 
 
-# --- Priorities, auto-assign, resolve, the language of the console ----------------------------------
+# --- Priorities, auto-assign, escalation, resolve, the language of the console ----------------------
 
 
-def test_a_childs_safety_first_in_red_auto_assign_resolve_and_english_on_request(stack, people, open_console, replies):
+def test_safety_first_in_red_auto_assign_escalation_resolve_and_english_on_request(stack, people, open_console, replies):
     page = open_console(people["fr2"], width=1200)
     _live(page)
     asking, worried = _phone(), _phone()
@@ -661,7 +661,15 @@ def test_a_childs_safety_first_in_red_auto_assign_resolve_and_english_on_request
     assert holder is not None and holder.role == "mediator" and holder.covers_country("FR")
     assert holder.display_name in page.locator("#conv-assigned").inner_text()
 
-    # Resolve the other: the family is told, and the case leaves the open list.
+    # The other waits past the escalation wait (30 minutes, content/mediation.yml): the gateway's
+    # periodic check (every 30 s) escalates it, and the list highlights it live.
+    with create_db_engine(stack["database_url"]).begin() as conn:
+        conn.execute(handoffs.update().where(handoffs.c.id == request["id"]).values(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=31)))
+    page.wait_for_selector(f".handoff.escalated[data-id='{request['id']}']", timeout=45_000)
+    assert _item(page, request["id"]).locator(".badge-escalated").inner_text() == "escaladée"
+    assert _item(page, safety["id"]).get_attribute("class").split().count("escalated") == 0
+
+    # Resolve it: the family is told, and the case leaves the open list.
     _open_conversation(page, request["id"])
     before = len(_whatsapp_sent(stack, asking))
     page.locator("#resolve").click()
