@@ -266,8 +266,12 @@ def test_a_request_in_french_opens_a_handoff_and_says_when_a_person_answers(stac
         ("telegram", "mein Sohn wird in der Schule gemobbt", "harassment", 2, "de"),
         ("whatsapp", "mon fils veut arrêter l'école, il refuse d'y aller", "dropout", 3, "fr"),
         ("telegram", "voglio parlare con una persona vera", "request", 5, "it"),
+        ("whatsapp", "quels sont mes droits ? le directeur fait de la discrimination contre mon fils", "discrimination", 3, "fr"),
+        ("telegram", "welche Rechte habe ich? die Schule diskriminiert meinen Sohn", "discrimination", 3, "de"),
+        ("telegram", "¿qué derechos tengo? el colegio discrimina a mi hija por ser marroquí", "discrimination", 3, "es"),
+        ("whatsapp", "j'ai un conflit avec le directeur qui ne veut pas nous recevoir, quels sont mes droits ?", "school_conflict", 4, "fr"),
     ],
-    ids=["ar-request", "ary-request", "es-safety", "de-harassment", "fr-dropout", "it-request"],
+    ids=["ar-request", "ary-request", "es-safety", "de-harassment", "fr-dropout", "it-request", "fr-discrimination", "de-discrimination", "es-discrimination", "fr-conflict"],
 )
 def test_triggers_in_several_languages_open_one_handoff_with_reason_and_priority(stack, engine, channel, text, reason, priority, language):
     sentences = eta_sentences(language, None)  # the country is unknown here: the default hours
@@ -287,6 +291,8 @@ def test_triggers_in_several_languages_open_one_handoff_with_reason_and_priority
     assert (handoff["reason"], handoff["priority"]) == (reason, priority)
     if reason == "safety":
         assert REPLIES.text("handoff_emergency", language) in received
+    if reason in ("dropout", "discrimination", "school_conflict", "safety"):
+        assert REPLIES.text("handoff_opened", language) in received  # the bot's answer did not say a person comes
     if reason == "dropout":
         # The yes/no offer of a mediator is gone: one is coming.
         assert REPLIES.text("mediator_offer", language) not in received
