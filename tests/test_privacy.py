@@ -445,6 +445,18 @@ def test_an_old_list_cannot_bring_a_forgotten_family_back(gw, tmp_path):
     assert texts[before].startswith(BOOK.text("bot_disclosure", "fr"))
 
 
+def test_forgetting_a_web_chat_family_empties_its_inbox(gw):
+    address = gw["sofia"]
+    session_id = address.split(":", 1)[1]
+    contact = _contact(gw, address)
+    assert _redis_traces(gw["services"].redis, [session_id.encode()]), "the inbox and tracker exist before"
+    with _api(gw, "admin") as api:
+        response = api.delete(f"/api/admin/contacts/{contact.id}")
+    assert response.status_code == 200 and response.json()["contacts"] == 1
+    assert _redis_traces(gw["services"].redis, [session_id.encode(), SOFIA_TEXT.encode(), b"Samira"]) == []
+    assert _sql_traces(gw["engine"], [session_id, SOFIA_TEXT, "Samira"]) == []
+
+
 # -- the logs, after everything above ---------------------------------------------------------
 
 
