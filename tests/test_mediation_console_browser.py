@@ -114,6 +114,9 @@ def open_console(browser, stack) -> Iterator[Callable[..., Any]]:
         page.dialogs = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda error: page.js_errors.append(str(error)))
         page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+        # Anything the page tried that the Content-Security-Policy refused (an inline style, a script).
+        page.csp_refusals = []  # type: ignore[attr-defined]
+        page.on("console", lambda message: page.csp_refusals.append(message.text) if "Content Security Policy" in message.text else None)
         page.goto(f"{stack['gateway']}/console/login?next={next_path}")
         page.locator("#username").fill(person.username)
         page.locator("#password").fill(PASSWORD)
@@ -303,7 +306,7 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
     answer = _wait_sent(sent, before)[before:]
     assert answer and not any(back in text for text in answer)
     assert _handoff_of(stack, number)["status"] == "handed_back"
-    assert page.js_errors == [] and page.dialogs == []
+    assert page.js_errors == [] and page.dialogs == [] and page.csp_refusals == []
 
 
 # --- (b) Arabic over Telegram ------------------------------------------------------------------------
@@ -441,6 +444,7 @@ def test_markup_in_a_family_message_is_shown_as_text_and_never_runs(stack, peopl
     assert page.evaluate("window.__jisrXss") is None
     assert page.dialogs == [], page.dialogs
     assert page.js_errors == []
+    assert page.csp_refusals == [], page.csp_refusals
     # In the list too (the handoff's reason and names are text), and the page is still the console.
     assert page.locator(".handoff img").count() == 0
 
