@@ -657,8 +657,15 @@ def test_safety_first_in_red_auto_assign_escalation_resolve_and_english_on_reque
     assert badge.evaluate("node => getComputedStyle(node).backgroundColor") == "rgb(179, 38, 30)"
     assert "sécurité" in _item(page, safety["id"]).inner_text()
 
-    # Auto-assign: the least-loaded mediator covering France gets the safety case.
+    # A reply being written survives a look at another case.
     _open_conversation(page, safety["id"])
+    page.locator("#reply-text").fill("Bonjour, votre fils est-il en sécurité en ce moment ?")
+    _open_conversation(page, request["id"])
+    assert page.locator("#reply-text").input_value() == ""
+    _open_conversation(page, safety["id"])
+    assert page.locator("#reply-text").input_value() == "Bonjour, votre fils est-il en sécurité en ce moment ?"
+
+    # Auto-assign: the least-loaded mediator covering France gets the safety case.
     page.locator("#auto-assign").click()
     page.wait_for_selector("#conv-status[data-status='assigned']")
     holder = AccountStore(create_db_engine(stack["database_url"])).get(_handoff_of(stack, worried)["assigned_to"])

@@ -25,7 +25,8 @@
     selectedId: null,
     detail: null,
     quickReplies: new Map(),   // language → [{label, text}]
-    draftKey: null,             // the reply's idempotency key, kept until it is sent
+    drafts: new Map(),          // handoff id → {text, key}: a reply being written survives switching cases;
+                                // its idempotency key is kept until it is sent or edited (a retry counts once)
   };
 
   // --- Layout --------------------------------------------------------------------------------
@@ -186,7 +187,14 @@
     convPane.append(
       el('button', { type: 'button', className: 'btn btn-quiet back-to-list', text: t('mediation.back'), on: { click: () => go(null) } }),
       el('div', { className: 'card' }, conv.head, conv.profile, conv.actions, conv.transcript, conv.window, conv.claimFirst, conv.reply, conv.notes));
-    state.draftKey = null;
+    const draft = state.drafts.get(id);
+    if (draft) conv.text.value = draft.text;
+    conv.text.addEventListener('input', () => setDraft(id, conv.text.value));
+  }
+
+  function setDraft(id, text) {
+    if (text.trim()) state.drafts.set(id, { text, key: null });
+    else state.drafts.delete(id);
   }
 
   function field(label, value) {
@@ -371,7 +379,7 @@
     conv.quickBox.hidden = replies.length === 0;
     conv.quickSummary.textContent = `${t('mediation.reply.quick')} (${replies.length})`;
     for (const reply of replies) {
-      conv.quick.appendChild(el('button', { type: 'button', dir: 'auto', text: reply.label, title: reply.text, on: { click: () => { conv.text.value = reply.text; conv.text.focus(); } } }));
+      conv.quick.appendChild(el('button', { type: 'button', dir: 'auto', text: reply.label, title: reply.text, on: { click: () => { conv.text.value = reply.text; setDraft(conv.id, reply.text); conv.text.focus(); } } }));
     }
   }
 
@@ -417,12 +425,14 @@
     const id = state.selectedId;
     const text = conv.text.value.trim();
     if (!text || conv.send.disabled) return;
-    if (!state.draftKey) state.draftKey = uid();
+    const draft = state.drafts.get(id) || { text, key: null };
+    if (!draft.key) draft.key = uid();
+    state.drafts.set(id, draft);
     conv.send.disabled = true;
     try {
-      await api('POST', `${API}/handoffs/${encodeURIComponent(id)}/reply`, { text, idempotency_key: state.draftKey }, { handles: [409, 422] });
-      conv.text.value = '';
-      state.draftKey = null;
+      await api('POST', `${API}/handoffs/${encodeURIComponent(id)}/reply`, { text, idempotency_key: draft.key }, { handles: [409, 422] });
+      state.drafts.delete(id);
+      if (conv.id === id) conv.text.value = '';
       flash(t('mediation.reply.sent'), 'ok');
       loadDetail(id);
     } catch (error) {
@@ -430,7 +440,7 @@
       if (error.status === 409 || error.status === 422) {
         // The platform's rules refused it (window closed, template needed): say why, beside the box.
         flash(error.status === 409 ? t('shell.error.conflict', { detail: error.detail }) : t('shell.error.invalid', { detail: error.detail }), 'error');
-        state.draftKey = null;
+        draft.key = null;  // refused, so not sent: the next try is a new reply
         loadDetail(id, error.detail);
       }
     }
@@ -459,7 +469,13 @@
     root.classList.toggle('viewing', id !== null);
     for (const node of listBox.querySelectorAll('.handoff')) node.classList.toggle('selected', Number(node.dataset.id) === id);
     if (id === null) { conv.id = null; showPrompt(); return; }
-    if (conv.id !== id) { clear(convPane); convPane.appendChild(el('p', { className: 'muted', text: t('shell.loading') })); conv.id = null; conv.scrolledOnce = false; }
+    if (conv.id !== id) {
+      clear(convPane);
+      convPane.appendChild(el('p', { className: 'muted', text: t('shell.loading') }));
+      conv.id = null;
+      conv.scrolledOnce = false;
+      if (!window.matchMedia('(min-width: 900px)').matches) window.scrollTo(0, 0);  // a phone shows the case from its top
+    }
     loadDetail(id);
   }
 
