@@ -213,6 +213,63 @@ class SendContext:
     store: ContactStore
     rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
     paused_recheck_seconds: float = PAUSED_RECHECK_SECONDS
+    _writes: Optional["BatchedWrites"] = field(default=None, init=False, repr=False)
+
+    @property
+    def writes(self) -> "BatchedWrites":
+        if self._writes is None:
+            self._writes = BatchedWrites(self.store)
+        return self._writes
+
+
+class BatchedWrites:
+    """The claims and "sent" records of a worker's concurrent jobs, written together.
+
+    Why: a claim or a "sent" is one SQL transaction per send, ~1 ms of CPU each (measured on
+    SQLite: connection, BEGIN, statements, COMMIT), which alone held two workers under a few
+    hundred sends per second; fifty in one transaction cost ~0.05 ms each. No delay is added:
+    a write waits only while the previous batch is being written, and the requests that arrive
+    meanwhile form the next batch. A job still waits for *its* commit, so a claim is durable
+    before its provider call and a job ends only once its send is recorded.
+    """
+
+    def __init__(self, store: ContactStore) -> None:
+        self.store = store
+        self._claims: list[tuple[tuple[str, int, Optional[int], Optional[tuple[int, str, str]]], asyncio.Future]] = []
+        self._sent: list[tuple[tuple[str, str, int, Optional[int]], asyncio.Future]] = []
+        self._flushing: Optional[asyncio.Task] = None
+
+    async def claim(self, key: str, token: int, log: Optional[tuple[int, str, str]]) -> tuple[str, Optional[dt.datetime], Optional[int]]:
+        return await self._queue(self._claims, (key, token, None, log))
+
+    async def mark_sent(self, key: str, provider_message_id: str, attempts: int, send_id: Optional[int]) -> None:
+        await self._queue(self._sent, (key, provider_message_id, attempts, send_id))
+
+    async def _queue(self, pending: list, item: tuple) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        pending.append((item, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._claims or self._sent:
+            await asyncio.sleep(0)  # the jobs woken in this same loop turn add theirs first
+            for pending, write in ((self._claims, self.store.claim_outbound_many), (self._sent, self.store.mark_sent_many)):
+                batch = pending[:]
+                del pending[:]
+                if not batch:
+                    continue
+                try:
+                    results = await asyncio.to_thread(write, [item for item, _ in batch])
+                except Exception as error:  # every job of the batch sees the failure, as it would alone
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for index, (_, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(results[index] if results is not None else None)
 
 
 async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> int:
@@ -325,7 +382,7 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
         tries = await _take_turn(redis, job.channel, send_ctx.rates.get(job.channel, 10.0), key)
         # A campaign send is logged here, with its claim, in one transaction (a reply was logged by the gateway).
         log = (job.contact_id, job.channel, _logged_text(job, index)) if job.is_campaign and job.contact_id else None
-        claim = await _claim(store, connector, message, key, tries, lease, job.send_id, log)
+        claim = await _claim(send_ctx, connector, message, key, tries, lease, job.send_id, log)
         if claim == SETTLED:
             continue
         try:
@@ -358,7 +415,7 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
                 raise Retry(defer=backoff_seconds(tries)) from error
             await _fail_rest(store, job, "unexpected", tries)
             return "failed"
-        await asyncio.to_thread(store.mark_sent, key, result.provider_message_id, tries, job.send_id)
+        await send_ctx.writes.mark_sent(key, result.provider_message_id, tries, job.send_id)
         sent += 1
     return f"sent {sent}"
 
@@ -414,7 +471,7 @@ def _logged_text(job: SendJob, index: int) -> str:
 
 
 async def _claim(
-    store: ContactStore,
+    send_ctx: SendContext,
     connector: Connector,
     message: OutboundMessage,
     key: str,
@@ -427,7 +484,8 @@ async def _claim(
     recorded in doubt by a reconciliation here or by another attempt). Raises Retry while
     another attempt's claim may still be live. ``log`` (contact id, channel, text): log the
     message in the same transaction when it is not logged yet."""
-    status, at, holder = await asyncio.to_thread(store.claim_outbound, key, token, None, log)
+    store = send_ctx.store
+    status, at, holder = await send_ctx.writes.claim(key, token, log)
     if status == CLAIMED:
         return CLAIMED
     if status == "missing":

@@ -408,3 +408,23 @@ def test_csv_export_then_import_round_trips_between_backends(store, other_url, e
     assert export_csv(other, again) == 5
     strip_time = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731
     assert strip_time(again.getvalue()) == strip_time(out.getvalue())
+
+
+def test_send_claims_one_at_a_time_and_in_batches(store):
+    """The outbox's claims (jisr/outbox.py): one attempt holds a message; a batch claims what is
+    free, reports what is held or settled, logs what was not logged, and records sends together."""
+    contact = store.get_or_create("telegram:4242", "telegram")
+    for key in ("c:1", "c:2", "c:3"):
+        store.log_outbound(contact.id, "telegram", "مرحبا", key)
+    assert store.claim_outbound("c:1", 7)[0] == "claimed"
+    assert store.claim_outbound("c:1", 8)[0] == "sending", "held by attempt 7"
+    assert store.claim_outbound("c:1", 8, stale_token=7)[0] == "claimed", "taken over once attempt 7 is known dead"
+    assert store.release_claim("c:1", 8) and store.outbound_status("c:1") == "queued"
+    store.mark_sent("c:3", "P3", 1)
+    results = store.claim_outbound_many([("c:1", 9, None, None), ("c:2", 1, None, None), ("c:3", 2, None, None), ("c:new", 1, None, (contact.id, "telegram", "Hallo")), ("c:none", 1, None, None)])
+    assert [r[0] for r in results] == ["claimed", "claimed", "sent", "claimed", "missing"]
+    assert [r[2] for r in results[:2]] == [9, 1] and results[0][1] is not None and results[0][1].tzinfo is not None
+    assert store.claim_outbound_many([("c:2", 1, None, None)])[0][0] == "sending", "same token, another claim: not ours"
+    store.mark_sent_many([("c:1", "P1", 9, None), ("c:new", "PN", 1, None)])
+    assert [store.outbound_status(k) for k in ("c:1", "c:2", "c:new")] == ["sent", "sending", "sent"]
+    assert store.known_provider_ids(["P1", "PN", "P404"]) == {"P1", "PN"}

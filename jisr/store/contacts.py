@@ -599,6 +599,88 @@ class ContactStore:
             return "missing", None, None
         return str(row.status), _aware(row.updated_at), row.attempts
 
+    def claim_outbound_many(
+        self, claims: Sequence[tuple[str, int, Optional[int], Optional[tuple[int, str, str]]]]
+    ) -> list[tuple[str, Optional[dt.datetime], Optional[int]]]:
+        """``claim_outbound`` for many (key, token, stale token, log), in one transaction: what a
+        send worker's concurrent jobs claim within a few milliseconds (one commit, not one each).
+
+        The claiming UPDATE runs first (it takes SQLite's write lock, PostgreSQL's row locks), then
+        the rows are read back: a row 'sending' under its own token and time was claimed here."""
+        if not claims:
+            return []
+        now = _now()
+        by_key = {key: (token, stale, log) for key, token, stale, log in claims}
+        claimable = sa.or_(
+            messages.c.status == "queued",
+            sa.and_(messages.c.status == "sending", messages.c.attempts == sa.bindparam("b_stale", type_=sa.Integer)),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.idempotency_key == sa.bindparam("b_key"), claimable)
+                .values(status="sending", attempts=sa.bindparam("b_token"), updated_at=now),
+                [{"b_key": key, "b_token": token, "b_stale": stale if stale is not None else -1} for key, (token, stale, _) in by_key.items()],
+            )
+            found = {
+                row.idempotency_key: row
+                for row in conn.execute(
+                    sa.select(messages.c.idempotency_key, messages.c.status, messages.c.updated_at, messages.c.attempts).where(
+                        messages.c.idempotency_key.in_(list(by_key))
+                    )
+                )
+            }
+            new = [
+                dict(contact_id=log[0], direction="out", channel=log[1], idempotency_key=key, text=_text(log[2]), status="sending",
+                     attempts=token, created_at=now, updated_at=now)
+                for key, (token, _, log) in by_key.items()
+                if key not in found and log is not None
+            ]
+            if new:
+                conn.execute(messages.insert(), new)
+        results: list[tuple[str, Optional[dt.datetime], Optional[int]]] = []
+        inserted = {row["idempotency_key"] for row in new}
+        for key, token, _, _ in claims:
+            row = found.get(key)
+            # Ours: under our token *and* stamped with this transaction's time (a dead claim under the same
+            # token, were the attempt counter ever reset, is not taken for ours).
+            if key in inserted or (row is not None and row.status == "sending" and row.attempts == token and _aware(row.updated_at) == now):
+                results.append(("claimed", now, token))
+            elif row is None:
+                results.append(("missing", None, None))
+            else:
+                results.append((str(row.status), _aware(row.updated_at), row.attempts))
+        return results
+
+    def mark_sent_many(self, sent: Sequence[tuple[str, str, int, Optional[int]]]) -> None:
+        """``mark_sent`` for many (key, provider message id, attempts, campaign send id), in one transaction."""
+        if not sent:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                messages.update()
+                .where(messages.c.idempotency_key == sa.bindparam("b_key"))
+                .values(status="sent", provider_message_id=sa.bindparam("b_pid"), attempts=sa.bindparam("b_attempts"), updated_at=now),
+                [{"b_key": key, "b_pid": pid, "b_attempts": attempts} for key, pid, attempts, _ in sent],
+            )
+            conn.execute(
+                contacts.update()
+                .where(contacts.c.id == sa.select(messages.c.contact_id).where(messages.c.idempotency_key == sa.bindparam("b_key")).scalar_subquery())
+                .values(last_outbound_at=now),
+                [{"b_key": key} for key, _, _, _ in sent],
+            )
+            campaign = [{"b_id": send_id, "b_pid": pid, "b_attempts": attempts} for _, pid, attempts, send_id in sent if send_id is not None]
+            if campaign:
+                conn.execute(
+                    campaign_sends.update()
+                    # (an OR, not IN: executemany cannot expand an IN list)
+                    .where(campaign_sends.c.id == sa.bindparam("b_id"), sa.or_(campaign_sends.c.status == "planned", campaign_sends.c.status == "queued"))
+                    .values(status="sent", provider_message_id=sa.bindparam("b_pid"), attempts=sa.bindparam("b_attempts"), sent_at=now, reason=None,
+                            updated_at=now),
+                    campaign,
+                )
+
     def release_claim(self, idempotency_key: str, token: int) -> bool:
         """Back to 'queued' after a call the provider refused (429, 5xx): a retry may send it."""
         with self.engine.begin() as conn:
