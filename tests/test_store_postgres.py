@@ -41,6 +41,7 @@ INDEXES = {
     "messages": {"ix_messages_contact_id", "ix_messages_provider_message_id", "ix_messages_contact_created"},
     "consent_events": {"ix_consent_events_contact_at"},
     "campaign_sends": {"ix_campaign_sends_run_status", "ix_campaign_sends_contact_scheduled"},
+    "handoffs": {"uq_handoffs_one_open_per_contact"},
 }
 
 
@@ -428,3 +429,20 @@ def test_send_claims_one_at_a_time_and_in_batches(store):
     store.mark_sent_many([("c:1", "P1", 9, None), ("c:new", "PN", 1, None)])
     assert [store.outbound_status(k) for k in ("c:1", "c:2", "c:new")] == ["sent", "sending", "sent"]
     assert store.known_provider_ids(["P1", "PN", "P404"]) == {"P1", "PN"}
+
+
+def test_the_database_refuses_a_second_open_handoff_for_a_contact(store):
+    """Migration 10's partial unique index: one waiting/assigned handoff per contact, any number closed."""
+    contact = store.get_or_create("whatsapp:+33600000010", "whatsapp")
+    now = dt.datetime.now(dt.timezone.utc)
+    row = dict(contact_id=contact.id, channel="whatsapp", reason="request", priority=5, created_at=now)
+    with store.engine.begin() as conn:
+        conn.execute(schema.handoffs.insert().values(status="resolved", **row))
+        conn.execute(schema.handoffs.insert().values(status="handed_back", **row))
+        conn.execute(schema.handoffs.insert().values(status="waiting", **row))
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(schema.handoffs.insert().values(status="assigned", **row))
+    with store.engine.connect() as conn:
+        statuses = sorted(conn.execute(sa.select(schema.handoffs.c.status).where(schema.handoffs.c.contact_id == contact.id)).scalars())
+    assert statuses == ["handed_back", "resolved", "waiting"]

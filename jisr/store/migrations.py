@@ -261,6 +261,20 @@ def _v9_contact_topics_table(conn: Connection) -> None:
     _v9_contact_topics.create(conn)
 
 
+def _v10_one_open_handoff_per_contact(conn: Connection) -> None:
+    """The database itself refuses a second open handoff for a contact. HandoffStore.open
+    already serialises openings on the contact's row; this index is the guarantee if another
+    writer (a script, a future code path) forgets to. Partial unique indexes exist in both
+    SQLite (3.8+) and PostgreSQL with this same syntax."""
+    quote = conn.dialect.identifier_preparer.quote
+    conn.execute(
+        sa.text(
+            f"CREATE UNIQUE INDEX {quote('uq_handoffs_one_open_per_contact')} ON {quote('handoffs')} ({quote('contact_id')}) "
+            f"WHERE {quote('status')} IN ('waiting', 'assigned')"
+        )
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
@@ -271,6 +285,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (7, "suppressed addresses: keyed hashes of forgotten contacts", _v7_suppressed_addresses_table),
     (8, "indexes for the indicators: messages by direction and time, opt-outs and handoffs by time", _v8_indicator_indexes),
     (9, "contact_topics: the reminder topics a contact subscribed to", _v9_contact_topics_table),
+    (10, "at most one open handoff per contact (partial unique index)", _v10_one_open_handoff_per_contact),
 ]
 
 
