@@ -9,15 +9,28 @@ Access: operators and admins (jisr.auth), signed in to the console or with an ac
 token (``Authorization: Bearer <token>``); mediators get 403. The older shared
 ``JISR_OPERATOR_API_TOKEN``, when set, still works here (as an operator covering every country)
 so scripts written for it keep running; unset, only accounts get in.
+
+Countries: an operator works only with the families of the countries they cover
+(Account.covers_country), as in the rest of the console, and a refusal is a 403 naming the
+countries missing, never a silently smaller answer:
+- schedule: every country the campaign can reach (audience.countries; none listed means every
+  country, so only an admin or an operator covering "*" may), and every country already
+  reached by the runs of the same campaign id (scheduling again queues their sends);
+- a run's status, report, pause, resume, cancel: every country its sends went to
+  (jisr.store.campaign_scope; contacts of no known country need "*");
+- preview writes nothing and shows the part of the audience in the caller's countries
+  (``narrowed_to`` says so when that is less than the whole); validate reads no data.
+Scheduling, control actions, report downloads and refusals are written to the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hmac
 import io
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterable, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
@@ -26,11 +39,13 @@ from pydantic import BaseModel
 from campaigns import sending
 from campaigns.definitions import Campaign, CampaignError, load_campaign_text
 from campaigns.planner import parse_now, preview
+from jisr.auth.audit import AuditLog
 from jisr.auth.dependencies import check_roles, current_account
 from jisr.auth.models import Account
 from jisr.outbox import Outbox
 from jisr.paths import LANGUAGE_FORMS
 from jisr.settings import Settings
+from jisr.store.campaign_scope import run_countries
 from jisr.store.campaigns import CampaignStore
 
 UTC = dt.timezone.utc
@@ -95,6 +110,10 @@ async def require_operator(request: Request, settings: SettingsDep) -> Account:
     if _legacy_token_matches(request, settings):
         return LEGACY_OPERATOR
     return check_roles(await current_account(request), ("operator",))
+
+
+# The same callable as the router's dependency, so FastAPI resolves the caller once per request.
+OperatorDep = Annotated[Account, Depends(require_operator)]
 
 
 def get_campaign_store(services: ServicesDep) -> CampaignStore:
@@ -163,6 +182,111 @@ def _enabled(campaign: Campaign, what: str) -> None:
         raise HTTPException(409, f"campaign {campaign.id} is disabled (enabled: false); nothing {what}")
 
 
+# --- Countries: who may schedule, preview and steer what -----------------------------------
+
+NO_KNOWN_COUNTRY = "contacts of no known country"
+
+
+def covers_every_country(account: Account) -> bool:
+    return account.role == "admin" or account.all_countries
+
+
+def uncovered(account: Account, countries: Iterable[Optional[str]]) -> list[Optional[str]]:
+    """The countries (None: unknown) the account does not cover, sorted, unknown last."""
+    return sorted({c for c in countries if not account.covers_country(c)}, key=lambda c: (c is None, c or ""))
+
+
+def country_names(countries: Iterable[Optional[str]]) -> str:
+    return ", ".join(c or NO_KNOWN_COUNTRY for c in countries)
+
+
+def _yours(account: Account) -> str:
+    return f"your countries: {', '.join(account.countries) or 'none'}"
+
+
+def audit_countries(countries: Iterable[Optional[str]]) -> list[str]:
+    """Countries as the audit log's detail holds them ("?" for unknown)."""
+    return sorted(c or "?" for c in countries)
+
+
+def _one_country(countries: Iterable[Optional[str]]) -> Optional[str]:
+    """The audit row's country column: set when exactly one country is concerned."""
+    found = set(countries)
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def _audit(services: Any) -> AuditLog:
+    return AuditLog(services.store.engine)
+
+
+async def check_schedule_scope(account: Account, campaign: Campaign, store: CampaignStore, services: Any) -> None:
+    """403 unless the caller covers every country the campaign can reach and every country
+    reached by the runs already planned under its id: planning again adds to those runs and
+    queues their pending sends with this file's messages, so reusing another country's
+    campaign id must not reach that country's families."""
+    if covers_every_country(account):
+        return
+    audience = campaign.audience.countries
+    if not audience:
+        await _audit(services).arecord(account, "campaign.schedule_denied", "campaign", campaign.id, detail={"countries": ["*"]})
+        raise HTTPException(
+            403,
+            f"campaign {campaign.id} lists no audience.countries, so it reaches every country: only an admin or an operator "
+            f"covering every country may schedule it ({_yours(account)}); list the countries it is for in audience.countries",
+        )
+    missing = uncovered(account, audience)
+    if missing:
+        await _audit(services).arecord(account, "campaign.schedule_denied", "campaign", campaign.id, detail={"uncovered": audit_countries(missing)})
+        raise HTTPException(403, f"campaign {campaign.id} reaches {country_names(missing)}, which you do not cover ({_yours(account)})")
+    runs = [run["id"] for run in await asyncio.to_thread(store.runs, campaign.id)]
+    reached = await asyncio.to_thread(run_countries, store.engine, runs)
+    for run_id in runs:
+        missing = uncovered(account, reached[run_id])
+        if missing:
+            await _audit(services).arecord(
+                account, "campaign.schedule_denied", "campaign", campaign.id, detail={"run": run_id, "uncovered": audit_countries(missing)}
+            )
+            raise HTTPException(
+                403,
+                f"campaign {campaign.id} already has run {run_id}, whose sends reach {country_names(missing)}, which you do not cover "
+                f"({_yours(account)}): scheduling it again would queue those sends; give your campaign another id",
+            )
+
+
+def narrowed_for(account: Account, campaign: Campaign) -> tuple[Campaign, Optional[list[str]]]:
+    """The campaign with its audience cut to the caller's countries, and those countries
+    (None when nothing was cut); 403 when no country of the audience is the caller's."""
+    if covers_every_country(account):
+        return campaign, None
+    audience = campaign.audience.countries
+    if audience and not uncovered(account, audience):
+        return campaign, None
+    shown = [c for c in audience if account.covers_country(c)] if audience else sorted(account.countries)
+    if not shown:
+        raise HTTPException(403, f"campaign {campaign.id} reaches only {country_names(uncovered(account, audience))}, none of which you cover ({_yours(account)})")
+    return dataclasses.replace(campaign, audience=dataclasses.replace(campaign.audience, countries=tuple(shown))), shown
+
+
+async def visible_run(request: Request, run_id: RunId, store: StoreDep, account: OperatorDep, services: ServicesDep) -> frozenset[Optional[str]]:
+    """The countries the run reaches, if it exists (else 404) and the caller covers them all
+    (else 403, written to the audit log)."""
+    if await asyncio.to_thread(store.run, run_id) is None:
+        raise _no_run(run_id)
+    countries = (await asyncio.to_thread(run_countries, store.engine, [run_id]))[run_id]
+    missing = uncovered(account, countries)
+    if missing:
+        action = request.url.path.rsplit("/", 1)[-1]
+        action = "status" if action == str(run_id) else action
+        await _audit(services).arecord(
+            account, "campaign_run.denied", "campaign_run", run_id, detail={"action": action, "uncovered": audit_countries(missing)}
+        )
+        raise HTTPException(403, f"run {run_id} has sends to {country_names(missing)}, which you do not cover ({_yours(account)})")
+    return countries
+
+
+RunCountriesDep = Annotated[frozenset, Depends(visible_run)]
+
+
 # --- Schemas --------------------------------------------------------------------------------
 
 
@@ -192,6 +316,8 @@ class SummaryPublic(BaseModel):
 
 class PreviewPublic(SummaryPublic):
     messages: dict[str, str]
+    # The caller's countries the figures were cut to, when the audience reaches more; else null.
+    narrowed_to: Optional[list[str]] = None
 
 
 class SchedulePublic(SummaryPublic):
@@ -253,25 +379,45 @@ async def validate(campaign: CampaignDep) -> Valid:
 
 
 @router.post("/preview", response_model=PreviewPublic, summary="What planning would write, without writing", openapi_extra=YAML_BODY)
-async def preview_campaign(campaign: CampaignDep, store: StoreDep, now: MomentDep) -> Any:
-    return (await asyncio.to_thread(preview, campaign, store, now)).as_dict()
+async def preview_campaign(campaign: CampaignDep, store: StoreDep, now: MomentDep, account: OperatorDep) -> Any:
+    shown, narrowed_to = narrowed_for(account, campaign)
+    return {**(await asyncio.to_thread(preview, shown, store, now)).as_dict(), "narrowed_to": narrowed_to}
 
 
 @router.post("/schedule", response_model=SchedulePublic, summary="Plan, then queue every planned send (idempotent)", openapi_extra=YAML_BODY)
-async def schedule_campaign(campaign: CampaignDep, store: StoreDep, outbox: OutboxDep, now: MomentDep) -> Any:
+async def schedule_campaign(campaign: CampaignDep, store: StoreDep, outbox: OutboxDep, now: MomentDep, account: OperatorDep, services: ServicesDep) -> Any:
     _enabled(campaign, "scheduled")
-    return (await sending.schedule(campaign, store, outbox, now)).as_dict()
+    await check_schedule_scope(account, campaign, store, services)
+    data = (await sending.schedule(campaign, store, outbox, now)).as_dict()
+    countries = campaign.audience.countries
+    await _audit(services).arecord(
+        account,
+        "campaign.schedule",
+        "campaign",
+        campaign.id,
+        _one_country(countries),
+        detail={
+            "countries": list(countries) or ["*"],
+            "runs": sorted(data["runs"].values()),
+            "planned": data["planned"],
+            "inserted": data["inserted"],
+            "enqueued": data["enqueued"],
+        },
+    )
+    return data
 
 
 @router.get("/runs/{run_id}", response_model=RunStatus, summary="A run's sends by status and its progress")
-async def run_status(run_id: RunId, store: StoreDep) -> Any:
+async def run_status(run_id: RunId, store: StoreDep, countries: RunCountriesDep) -> Any:
     data = await asyncio.to_thread(sending.status, store, run_id)
     if data is None:
         raise _no_run(run_id)
     return data
 
 
-async def _control(store: CampaignStore, run_id: int, action: str, act: Any) -> RunControl:
+async def _control(
+    store: CampaignStore, run_id: int, action: str, act: Any, account: Account, countries: frozenset, services: Any
+) -> RunControl:
     run = await asyncio.to_thread(store.run, run_id)
     if run is None:
         raise _no_run(run_id)
@@ -279,26 +425,34 @@ async def _control(store: CampaignStore, run_id: int, action: str, act: Any) -> 
     if not changed:
         raise HTTPException(409, f"run {run_id} is {run['state']}: {action} does not apply to a {run['state']} run")
     state = (await asyncio.to_thread(store.run, run_id))["state"]
+    await _audit(services).arecord(
+        account,
+        f"campaign_run.{action}",
+        "campaign_run",
+        run_id,
+        _one_country(countries),
+        detail={"campaign": run["campaign_id"], "occurrence": run["occurrence"], "countries": audit_countries(countries), "state": state},
+    )
     return RunControl(run=run_id, state=state, changed=True)
 
 
 @router.post("/runs/{run_id}/pause", response_model=RunControl, summary="Pause a run: its queued sends wait")
-async def pause_run(run_id: RunId, store: StoreDep) -> RunControl:
-    return await _control(store, run_id, "pause", lambda: asyncio.to_thread(sending.pause, store, run_id))
+async def pause_run(run_id: RunId, store: StoreDep, account: OperatorDep, countries: RunCountriesDep, services: ServicesDep) -> RunControl:
+    return await _control(store, run_id, "pause", lambda: asyncio.to_thread(sending.pause, store, run_id), account, countries, services)
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunControl, summary="Resume a paused run")
-async def resume_run(run_id: RunId, store: StoreDep, outbox: OutboxDep) -> RunControl:
-    return await _control(store, run_id, "resume", lambda: sending.resume(store, outbox, run_id))
+async def resume_run(run_id: RunId, store: StoreDep, outbox: OutboxDep, account: OperatorDep, countries: RunCountriesDep, services: ServicesDep) -> RunControl:
+    return await _control(store, run_id, "resume", lambda: sending.resume(store, outbox, run_id), account, countries, services)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunControl, summary="Cancel a run: its sends not yet sent are skipped")
-async def cancel_run(run_id: RunId, store: StoreDep, outbox: OutboxDep) -> RunControl:
-    return await _control(store, run_id, "cancel", lambda: sending.cancel(store, outbox, run_id))
+async def cancel_run(run_id: RunId, store: StoreDep, outbox: OutboxDep, account: OperatorDep, countries: RunCountriesDep, services: ServicesDep) -> RunControl:
+    return await _control(store, run_id, "cancel", lambda: sending.cancel(store, outbox, run_id), account, countries, services)
 
 
 @router.get("/runs/{run_id}/report", response_model=RunReport, summary="A run's outcomes")
-async def run_report(run_id: RunId, store: StoreDep) -> Any:
+async def run_report(run_id: RunId, store: StoreDep, countries: RunCountriesDep) -> Any:
     data = await asyncio.to_thread(sending.report, store, run_id)
     if data is None:
         raise _no_run(run_id)
@@ -311,11 +465,20 @@ async def run_report(run_id: RunId, store: StoreDep) -> Any:
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}}},
 )
-async def run_report_csv(run_id: RunId, store: StoreDep) -> Response:
+async def run_report_csv(run_id: RunId, store: StoreDep, account: OperatorDep, countries: RunCountriesDep, services: ServicesDep) -> Response:
     out = io.StringIO()
     data = await asyncio.to_thread(sending.report, store, run_id, out)
     if data is None:
         raise _no_run(run_id)
+    # One row per contact (ids and countries): who downloaded which run's rows is kept.
+    await _audit(services).arecord(
+        account,
+        "campaign_run.report",
+        "campaign_run",
+        run_id,
+        _one_country(countries),
+        detail={"campaign": data["campaign"], "rows": data["total"], "countries": audit_countries(countries)},
+    )
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",

@@ -34,10 +34,12 @@ from jisr.auth.audit import AuditLog
 from jisr.auth.dependencies import require_roles
 from jisr.auth.models import Account
 from jisr.calendars import CalendarBook
+from jisr.gateway import campaigns_api
 from jisr.gateway.campaigns_api import ServicesDep
 from jisr.paths import CONTENT_DIR, PROJECT_ROOT
 from jisr.programmes import PROGRAMMES_FILE, load_programmes
 from jisr.store import csv_io
+from jisr.store.campaign_scope import run_countries
 from jisr.store.contacts import ContactStore
 from jisr.store.schema import contacts, messages
 
@@ -397,11 +399,16 @@ async def campaign_examples(account: OperatorDep) -> dict[str, Any]:
     return {"examples": await asyncio.to_thread(_examples)}
 
 
-@router.get("/campaigns/runs", summary="Campaign runs with their sends by status (sends of your countries)")
+@router.get("/campaigns/runs", summary="Campaign runs with their sends by status (runs whose every send is in your countries)")
 async def campaign_runs(services: ServicesDep, account: OperatorDep, since: Since = None, until: Until = None, country: Country = None) -> dict[str, Any]:
     scope = scope_of(account, since, until, country)
     result = await asyncio.to_thread(indicators.campaigns, services.store.engine, scope)
     runs = [dict(zip(result.columns, (indicators.json_cell(v) for v in row))) for row in reversed(result.rows)]  # newest first
+    if not campaigns_api.covers_every_country(account):
+        # Only the runs /api/campaigns lets this caller follow and steer (every send in their
+        # countries): a run shared with another country's families is not theirs to pause.
+        reached = await asyncio.to_thread(run_countries, services.store.engine, [run["run"] for run in runs])
+        runs = [run for run in runs if not campaigns_api.uncovered(account, reached[run["run"]])]
     return {"runs": runs}
 
 
