@@ -50,6 +50,10 @@ OUTSIDE_WINDOW = "outside_window"
 NO_TEMPLATE = "no_template"
 
 
+# Jobs queued per Redis call (one Lua script) when scheduling.
+ENQUEUE_CHUNK = 500
+
+
 @dataclass
 class ScheduleResult:
     """What ``schedule`` did: the plan, then how many jobs it queued (new) or found queued."""
@@ -118,18 +122,18 @@ async def schedule(
     bar = progress("jobs queued", sum(len(s) for s in pending.values())) if progress is not None else None
     for occurrence_key, run_id in planned.runs.items():
         occurrence = by_key.get(occurrence_key)
-        queued: list[int] = []
-        for send in pending[run_id]:
-            job = campaign_job(campaign, occurrence, send, run_id)
-            if await outbox.enqueue(job, defer_until=send["scheduled_at"]):
-                result.enqueued += 1
-            else:
-                result.already_queued += 1
-            queued.append(send["id"])
+        sends = pending[run_id]
+        for start in range(0, len(sends), ENQUEUE_CHUNK):
+            chunk = sends[start : start + ENQUEUE_CHUNK]
+            outcomes = await outbox.enqueue_bulk([(campaign_job(campaign, occurrence, send, run_id), send["scheduled_at"]) for send in chunk])
+            result.enqueued += sum(outcomes)
+            result.already_queued += len(outcomes) - sum(outcomes)
+            # Marked per chunk: a schedule interrupted half-way leaves the rest 'planned', and
+            # scheduling again queues them (the queued ones are refused by their job id).
+            await asyncio.to_thread(store.mark_queued, [send["id"] for send in chunk])
             if bar is not None:
-                bar.advance()
-        await asyncio.to_thread(store.mark_queued, queued)
-        result.by_run[run_id] = len(queued)
+                bar.advance(len(chunk))
+        result.by_run[run_id] = len(sends)
     if bar is not None:
         bar.finish()
     return result

@@ -201,6 +201,34 @@ class Outbox:
             self.on_enqueue(queue)
         return enqueued is not None
 
+    async def enqueue_bulk(self, jobs: list[tuple[SendJob, Optional[dt.datetime]]], chunk: int = 500) -> list[bool]:
+        """Queue many campaign jobs (each with its time, or None: now), ``chunk`` per Redis call;
+        per job, whether it was queued now (False: a job with its key is queued, running or done).
+
+        The same jobs as ``enqueue`` would make — arq's serialisation, job key, expiry and score
+        — checked and written by one Lua script per chunk instead of a WATCH/MULTI transaction
+        (four round trips) per job: queueing 100,000 sends took minutes that way.
+        """
+        from arq.constants import result_key_prefix
+        from arq.jobs import serialize_job
+
+        done: list[bool] = []
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            now_ms = int(time.time() * 1000)
+            argv: list[Any] = []
+            for job, at in part:
+                if job.lane == "replies":
+                    raise ValueError("enqueue_bulk is for the bulk lane: replies keep their turn order through enqueue")
+                score = max(now_ms, int(at.timestamp() * 1000)) if at is not None else now_ms
+                payload = serialize_job("send_message", (asdict(job),), {}, None, now_ms, serializer=self.pool.job_serializer)
+                argv += [job.idempotency_key, score, score - now_ms + self.pool.expires_extra_ms, payload]
+            added = await self.pool.eval(_ENQUEUE_MANY, 1, BULK_QUEUE, job_key_prefix, result_key_prefix, *argv)
+            done += [bool(flag) for flag in added]
+        if any(done) and self.on_enqueue is not None:
+            self.on_enqueue(BULK_QUEUE)
+        return done
+
     async def close(self) -> None:
         await self.pool.close()
 
