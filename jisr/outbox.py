@@ -233,6 +233,25 @@ class Outbox:
         await self.pool.close()
 
 
+# Queue jobs unless their id is already queued, running or done (arq's job or result key), as
+# arq's enqueue_job does for one; ARGV: job key prefix, result key prefix, then per job: id, score,
+# expiry in ms, serialised job. Returns a list of 1 (queued) / 0 (already there).
+_ENQUEUE_MANY = """
+local queued = {}
+for i = 3, #ARGV, 4 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[1] .. id, ARGV[2] .. id) > 0 then
+    table.insert(queued, 0)
+  else
+    redis.call('PSETEX', ARGV[1] .. id, ARGV[i + 2], ARGV[i + 3])
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], id)
+    table.insert(queued, 1)
+  end
+end
+return queued
+"""
+
+
 @dataclass
 class SendContext:
     """What a worker needs to send: the connectors, the store, the channel limits."""
