@@ -268,6 +268,7 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
     # It appears in the console without a reload, with its country and language.
     item = _item(page, handoff["id"])
     item.wait_for()
+    page.screenshot(path=str(tmp_path / "mediation-list-phone.png"), full_page=True)
     assert _not_reloaded(page)
     assert item.locator(".handoff-country").inner_text() == "FR"
     assert item.locator(".handoff-language").inner_text() == "fr"
@@ -312,7 +313,7 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
 # --- (b) Arabic over Telegram ------------------------------------------------------------------------
 
 
-def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_and_back(stack, people, open_console, replies):
+def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_and_back(stack, people, open_console, replies, tmp_path):
     mediator = people["ar"]
     page = open_console(mediator)
     _live(page)
@@ -341,6 +342,7 @@ def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_a
     assert reply in _wait_sent(sent, before, contains=reply)[before:]
     mine = page.locator("#transcript .msg-mediator .msg-text").last
     assert mine.evaluate("node => getComputedStyle(node).direction") == "rtl"
+    page.screenshot(path=str(tmp_path / "mediation-arabic-phone.png"), full_page=True)
 
     before = len(sent())
     question = "ابني لا يريد الذهاب إلى المدرسة منذ أسبوع"

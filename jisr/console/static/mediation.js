@@ -93,7 +93,7 @@
     if (handoff.escalated) classes.push('escalated');
     if (isSafety(handoff)) classes.push('safety');
     if (handoff.id === state.selectedId) classes.push('selected');
-    const assigned = handoff.assigned_to ? t('mediation.assigned_to', { name: handoff.assigned_to.display_name }) : t('mediation.status.' + handoff.status);
+    const assigned = handoff.assigned_to ? t('mediation.assigned_to', { name: handoff.assigned_to.display_name }) : null;
     const button = el('button', {
       type: 'button', className: classes.join(' '), dataset: { id: handoff.id, status: handoff.status },
       on: { click: () => open(handoff.id) },
@@ -108,7 +108,7 @@
         el('span', { className: 'handoff-country', text: handoff.country || '?' }),
         el('span', { text: handoff.channel || '' }),
         el('span', { className: 'handoff-waiting', text: waitingText(handoff) }),
-        el('span', { className: 'handoff-assigned', text: assigned, dir: 'auto' })));
+        assigned ? el('span', { className: 'handoff-assigned', text: assigned, dir: 'auto' }) : null));
     return el('li', null, button);
   }
 
@@ -324,10 +324,11 @@
       const author = ['family', 'bot', 'mediator'].includes(message.author) ? message.author : 'bot';
       const classes = ['msg', 'msg-' + author];
       if (message.status === 'failed') classes.push('msg-failed');
-      const who = t('mediation.author.' + author) + (message.author_name ? ' · ' + message.author_name : '');
       const status = message.status && t('mediation.message_status.' + message.status) !== 'mediation.message_status.' + message.status ? ' · ' + t('mediation.message_status.' + message.status) : '';
       box.appendChild(el('div', { className: classes.join(' '), dataset: { id: message.id, author } },
-        el('span', { className: 'msg-meta', text: `${who} · ${time(message.at)}${status}` }),
+        // <bdi>: an Arabic name must not reorder the words around it.
+        el('span', { className: 'msg-meta' }, t('mediation.author.' + author), message.author_name ? ' · ' : null,
+          message.author_name ? el('bdi', { text: message.author_name }) : null, ` · ${time(message.at)}${status}`),
         el('span', { className: 'msg-text', dir: 'auto', text: message.text || '' }),
         ...mediaOf(message)));
     }
@@ -358,8 +359,9 @@
     const notes = detail.notes || [];
     if (!notes.length) conv.notesList.appendChild(el('li', { className: 'muted', text: t('mediation.notes.empty') }));
     for (const note of notes) {
-      conv.notesList.appendChild(el('li', { dir: 'auto' },
-        el('span', { className: 'msg-meta', text: `${note.author_name || ''} · ${time(note.at)}` }), note.text || ''));
+      conv.notesList.appendChild(el('li', null,
+        el('span', { className: 'msg-meta' }, el('bdi', { text: note.author_name || '' }), ` · ${time(note.at)}`),
+        el('span', { className: 'note-text', dir: 'auto', text: note.text || '' })));
     }
   }
 
