@@ -73,6 +73,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The gateway: webhooks, web chat, reply worker; embedded Redis and SQLite unless configured."""
+    import os
+
+    # Rasa's per-conversation lock outlives a gateway killed while holding it: the conversation's
+    # next messages wait for it to expire. 60 s by default; 15 s (Twilio's webhook timeout) unless
+    # set (docs/deployment.md). Read when Rasa is imported: set before.
+    os.environ.setdefault("TICKET_LOCK_LIFETIME", "15")
     import uvicorn
 
     from jisr.assistant.model import ensure_model
@@ -553,7 +559,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker.async_run()
         finally:
-            await worker.close()
+            try:
+                await worker.close()
+            except Exception as error:  # Redis gone at shutdown: the jobs are safe in it, nothing to clean up here
+                logging.getLogger("jisr.worker").warning("closing the worker's Redis connection failed: %s", type(error).__name__)
             for connector in connectors.values():
                 await connector.close()
 

@@ -55,6 +55,13 @@ def process_alive(kind: str, ident: str) -> str:
     return f"{PREFIX}alive:{kind}:{ident}"
 
 
+def inbound_order(channel: str, address: str) -> str:
+    """The inbound messages of one conversation being processed, in arrival order (jisr.gateway.recovery)."""
+    import hashlib
+
+    return f"{PREFIX}inorder:{channel}:{hashlib.sha256(address.encode()).hexdigest()[:16]}"
+
+
 def reply_order(channel: str, address: str) -> str:
     """The reply jobs of one conversation in turn order: a turn's replies wait for the previous turn's.
 

@@ -203,3 +203,36 @@ def test_gateway_sigterm_finishes_the_request_in_flight_and_exits_0(deployment: 
     assert result["response"].status_code == 200 and result["response"].json()["messages"] == []
     assert gateway.proc.wait(30) == 0, gateway.log_tail()
     assert _status(f"{url}/health") == 0  # it no longer accepts
+
+
+def test_json_log_lines_name_the_exception_not_its_message() -> None:
+    """JISR_LOG_FORMAT=json: one JSON object per line; an exception's type and frames, never its
+    message (a library's message can quote a phone number or a text)."""
+    import json
+    import logging
+
+    from jisr.logging_setup import JsonLineFormatter
+
+    logger = logging.getLogger("jisr.test")
+    try:
+        raise ValueError("duplicate key: whatsapp:+212661234567 'wldi f 3eme'")
+    except ValueError:
+        record = logger.makeRecord("jisr.test", logging.ERROR, __file__, 1, "sending to %s failed", ("a1b2c3d4e5f6",), sys.exc_info())
+    line = JsonLineFormatter().format(record)
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["level"] == "error" and entry["logger"] == "jisr.test" and entry["message"] == "sending to a1b2c3d4e5f6 failed"
+    assert entry["exception"] == "ValueError" and entry["frames"] and entry["time"].endswith("+00:00")
+    assert "212661234567" not in line and "wldi" not in line
+
+
+def test_the_cli_logs_json_lines_when_asked(tmp_path: Path) -> None:
+    """`jisr --log-json …` configures every later log record as a JSON line."""
+    campaign = tmp_path / "empty.yml"
+    campaign.write_text("id: x\n", encoding="utf-8")
+    script = ("import logging, sys; from jisr.cli import main; "
+              f"main(['--log-json', 'campaigns', 'validate', {str(campaign)!r}]); "
+              "logging.getLogger('jisr.x').warning('hello %s', 'there')")
+    run = subprocess.run([sys.executable, "-c", script], env=_base_env(), capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.splitlines() if line.startswith("{")]
+    assert any('"message": "hello there"' in line and '"level": "warning"' in line for line in lines), run.stderr[-2000:]

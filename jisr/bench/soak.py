@@ -208,7 +208,7 @@ class SoakOptions:
     conversations: int = 200
     campaign_sends: int = 20_000
     campaign_rate: float = 25.0             # per channel and second (three channels): 75/s in all
-    think_seconds: tuple[float, float] = (8.0, 24.0)   # 200 families: ~12 messages/s
+    think_seconds: tuple[float, float] = (10.0, 30.0)  # 200 families: ~10 messages/s offered
     gateways: int = 2
     gateway_kills: int = 2                  # each: a gateway and a worker killed with SIGKILL, restarted
     worker_kills: int = 2
@@ -218,8 +218,8 @@ class SoakOptions:
     rate_timeout: float = 0.005
     timeout_seconds: float = 3.0
     database: str = "auto"                  # auto (PostgreSQL when installed) | postgres | sqlite
-    drain_seconds: float = 240.0
-    max_seconds: float = 1500.0
+    drain_seconds: float = 900.0            # the campaign goes on after the conversations end
+    max_seconds: float = 2400.0
     seed: int = 8
     keep_logs: Optional[Path] = None
 
@@ -824,7 +824,9 @@ async def run_soak(options: SoakOptions, progress: Any = None) -> SoakReport:
         soak.start_worker("bulk")
         soak.build_conversations()
         questions = load_questions()
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=400), connector=aiohttp.TCPConnector(limit=0))
+        # A fresh connection per call: reusing a keep-alive connection that the server is closing at
+        # that instant gets "connection reset", and a re-sent /_sim/inbound would be a second message.
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=400), connector=aiohttp.TCPConnector(limit=0, force_close=True))
         stop_polls = asyncio.Event()
         try:
             await soak.open_sessions(http)
@@ -835,11 +837,16 @@ async def run_soak(options: SoakOptions, progress: Any = None) -> SoakReport:
             families = [asyncio.create_task(soak.family(http, c, questions[c.form], until)) for c in soak.conversations]
             stop_supervising = asyncio.Event()
             supervisor = asyncio.create_task(soak.supervise(stop_supervising))
-            await asyncio.gather(soak.faults(until), *families)
-            say(f"conversations over ({sum(len(c.sent) for c in soak.conversations)} messages); draining…")
-            await soak.drain(engine)
-            stop_supervising.set()
-            await supervisor
+            try:
+                await asyncio.gather(soak.faults(until), *families)
+                say(f"conversations over ({sum(len(c.sent) for c in soak.conversations)} messages); draining…")
+                await soak.drain(engine)
+            finally:
+                stop_supervising.set()
+                supervisor.cancel()
+                for task in families:
+                    task.cancel()
+                await asyncio.gather(supervisor, *families, return_exceptions=True)
             stop_polls.set()
             await asyncio.gather(*polls, return_exceptions=True)
         finally:

@@ -40,10 +40,17 @@ HEARTBEAT_SECONDS = 2.0
 SWEEP_SECONDS = 1.0
 CLAIM_SECONDS = 3600         # the claim key's own expiry: a safety net only (the sweep decides)
 
-# Claim: the dedupe key if free, and the pending message with it (atomically).
+# A message waits at most this long for the earlier messages of its conversation (a safety net:
+# a dead gateway's message is taken over within ALIVE_SECONDS + SWEEP_SECONDS).
+TURN_WAIT_SECONDS = 20.0
+TURN_RECHECK_SECONDS = 0.05
+
+# Claim: the dedupe key if free, the pending message, and its place in the conversation (atomically).
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
   redis.call('HSET', KEYS[2], KEYS[1], ARGV[2])
+  redis.call('RPUSH', KEYS[3], KEYS[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
   return 1
 end
 return 0
@@ -68,27 +75,59 @@ def _pending(gateway: "Gateway", message: "InboundMessage") -> bytes:
     return pickle.dumps((gateway.ident, time.time(), message))
 
 
+def _order(message: "InboundMessage") -> str:
+    return keys.inbound_order(message.channel.value, message.address)
+
+
 async def claim(gateway: "Gateway", dedupe: str, message: "InboundMessage") -> bool:
-    return bool(await gateway.redis.eval(_CLAIM, 2, dedupe, keys.INBOUND_PENDING, _claim_value(gateway), _pending(gateway, message), CLAIM_SECONDS))
+    return bool(await gateway.redis.eval(
+        _CLAIM, 3, dedupe, keys.INBOUND_PENDING, _order(message), _claim_value(gateway), _pending(gateway, message), CLAIM_SECONDS
+    ))
 
 
-async def release(gateway: "Gateway", dedupe: str) -> None:
+async def wait_for_turn(gateway: "Gateway", dedupe: str, message: "InboundMessage") -> None:
+    """Return once the earlier messages of this conversation are done (or after TURN_WAIT_SECONDS).
+
+    Why: a family writes again as soon as its provider delivered the first message; if the
+    first is still being processed (slowly, or by a gateway that died and whose message is
+    being taken over), the second must not overtake it — the answers would come in the wrong
+    order, and the assistant would read the conversation in the wrong order too.
+    """
+    order = _order(message)
+    deadline = time.monotonic() + TURN_WAIT_SECONDS
+    while True:
+        head = await gateway.redis.lindex(order, 0)
+        if head is None or head.decode() == dedupe:
+            return
+        state = await gateway.redis.get(head)
+        if state is None or state == b"done":
+            await gateway.redis.lrem(order, 1, head)  # finished (or given back to the provider): not waited for
+            continue
+        if time.monotonic() > deadline:
+            logger.warning("an earlier message of a conversation is still not done after %.0f s: not waiting longer", TURN_WAIT_SECONDS)
+            return
+        await asyncio.sleep(TURN_RECHECK_SECONDS)
+
+
+async def release(gateway: "Gateway", dedupe: str, message: "InboundMessage") -> None:
     """Give the message back to the provider's retry (processing failed)."""
     try:
         async with gateway.redis.pipeline(transaction=True) as pipe:
             pipe.delete(dedupe)
             pipe.hdel(keys.INBOUND_PENDING, dedupe)
+            pipe.lrem(_order(message), 1, dedupe)
             await pipe.execute()
     except Exception as error:
         logger.warning("releasing an inbound claim failed (%s): the sweep retakes it", type(error).__name__)
 
 
-async def finish(gateway: "Gateway", dedupe: str) -> None:
+async def finish(gateway: "Gateway", dedupe: str, message: "InboundMessage") -> None:
     from jisr.gateway.service import DEDUPE_DONE_SECONDS
 
     async with gateway.redis.pipeline(transaction=True) as pipe:
         pipe.set(dedupe, b"done", ex=DEDUPE_DONE_SECONDS)
         pipe.hdel(keys.INBOUND_PENDING, dedupe)
+        pipe.lrem(_order(message), 1, dedupe)
         await pipe.execute()
 
 

@@ -103,13 +103,14 @@ class Gateway:
         self.in_flight.add(dedupe)
         try:
             try:
+                await recovery.wait_for_turn(self, dedupe, message)  # the conversation's earlier messages first
                 outcome = await self._process(message)
             except BaseException:
                 # Let the provider's retry (or our own) process it again. If Redis is down the
                 # release fails too: the claim stays ours and our sweep retakes it later.
-                await recovery.release(self, dedupe)
+                await recovery.release(self, dedupe, message)
                 raise
-            await recovery.finish(self, dedupe)
+            await recovery.finish(self, dedupe, message)
         finally:
             self.in_flight.discard(dedupe)
         return outcome
