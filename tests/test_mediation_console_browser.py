@@ -659,6 +659,16 @@ def test_safety_first_in_red_auto_assign_escalation_resolve_and_english_on_reque
     assert badge.evaluate("node => getComputedStyle(node).backgroundColor") == "rgb(179, 38, 30)"
     assert "sécurité" in _item(page, safety["id"]).inner_text()
 
+    # The filters: by language (Karim reads French and Arabic) and by country.
+    page.locator("#filter-language").select_option("ar")
+    _item(page, safety["id"]).wait_for(state="detached")
+    page.locator("#filter-language").select_option("")
+    page.locator("#filter-country").select_option("BE")
+    _item(page, safety["id"]).wait_for(state="detached")
+    page.locator("#filter-country").select_option("FR")
+    _item(page, safety["id"]).wait_for()
+    assert set(page.locator("#handoffs .handoff-country").all_inner_texts()) == {"FR"}
+
     # A reply being written survives a look at another case.
     _open_conversation(page, safety["id"])
     page.locator("#reply-text").fill("Bonjour, votre fils est-il en sécurité en ce moment ?")
