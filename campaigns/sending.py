@@ -146,7 +146,7 @@ async def prepare(send_ctx: SendContext, job: SendJob) -> Union[SendJob, str]:
     """
     assert job.send_id is not None
     store = CampaignStore(send_ctx.store.engine)
-    state = await asyncio.to_thread(store.send_state, job.send_id)
+    state = await send_ctx.writes.send_state(job.send_id)  # read together with the other jobs' (jisr.outbox.Coalesced)
     if state is None:
         return "send not found"  # the run was deleted (or the contact erased)
     if state["status"] not in ("planned", "queued"):

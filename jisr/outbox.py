@@ -269,54 +269,65 @@ class SendContext:
         return self._writes
 
 
-class BatchedWrites:
-    """The claims and "sent" records of a worker's concurrent jobs, written together.
+class Coalesced:
+    """Calls made by a worker's concurrent jobs to ``many`` (a function of a list of items that
+    returns one result per item, or None), made together: one call, in a thread, per batch.
 
-    Why: a claim or a "sent" is one SQL transaction per send, ~1 ms of CPU each (measured on
-    SQLite: connection, BEGIN, statements, COMMIT), which alone held two workers under a few
-    hundred sends per second; fifty in one transaction cost ~0.05 ms each. No delay is added:
-    a write waits only while the previous batch is being written, and the requests that arrive
-    meanwhile form the next batch. A job still waits for *its* commit, so a claim is durable
-    before its provider call and a job ends only once its send is recorded.
+    Why: a claim, a "sent" record or a send-state read is one SQL transaction per send, ~0.3 to
+    1 ms of CPU each (measured on SQLite: connection, BEGIN, statements, COMMIT), which alone
+    held two workers under a few hundred sends per second; fifty in one transaction cost ~0.05 ms
+    each. No delay is added: a call waits only while the previous batch runs, and the calls that
+    arrive meanwhile form the next batch. Each job still waits for *its* result, so a claim is
+    committed before its provider call and a job ends only once its send is recorded.
     """
 
-    def __init__(self, store: ContactStore) -> None:
-        self.store = store
-        self._claims: list[tuple[tuple[str, int, Optional[int], Optional[tuple[int, str, str]]], asyncio.Future]] = []
-        self._sent: list[tuple[tuple[str, str, int, Optional[int]], asyncio.Future]] = []
+    def __init__(self, many: Callable[[list[Any]], Optional[list[Any]]]) -> None:
+        self.many = many
+        self._pending: list[tuple[Any, asyncio.Future]] = []
         self._flushing: Optional[asyncio.Task] = None
 
-    async def claim(self, key: str, token: int, log: Optional[tuple[int, str, str]]) -> tuple[str, Optional[dt.datetime], Optional[int]]:
-        return await self._queue(self._claims, (key, token, None, log))
-
-    async def mark_sent(self, key: str, provider_message_id: str, attempts: int, send_id: Optional[int]) -> None:
-        await self._queue(self._sent, (key, provider_message_id, attempts, send_id))
-
-    async def _queue(self, pending: list, item: tuple) -> Any:
+    async def __call__(self, item: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
-        pending.append((item, future))
+        self._pending.append((item, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        while self._claims or self._sent:
+        while self._pending:
             await asyncio.sleep(0)  # the jobs woken in this same loop turn add theirs first
-            for pending, write in ((self._claims, self.store.claim_outbound_many), (self._sent, self.store.mark_sent_many)):
-                batch = pending[:]
-                del pending[:]
-                if not batch:
-                    continue
-                try:
-                    results = await asyncio.to_thread(write, [item for item, _ in batch])
-                except Exception as error:  # every job of the batch sees the failure, as it would alone
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for index, (_, future) in enumerate(batch):
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self.many, [item for item, _ in batch])
+            except Exception as error:  # every job of the batch sees the failure, as it would alone
+                for _, future in batch:
                     if not future.done():
-                        future.set_result(results[index] if results is not None else None)
+                        future.set_exception(error)
+                continue
+            for index, (_, future) in enumerate(batch):
+                if not future.done():
+                    future.set_result(results[index] if results is not None else None)
+
+
+class BatchedWrites:
+    """The send path's SQL, coalesced across a worker's jobs (see Coalesced)."""
+
+    def __init__(self, store: ContactStore) -> None:
+        from jisr.store.campaigns import CampaignStore
+
+        self._claim = Coalesced(store.claim_outbound_many)
+        self._sent = Coalesced(store.mark_sent_many)
+        self._state = Coalesced(CampaignStore(store.engine).send_states)
+
+    async def claim(self, key: str, token: int, log: Optional[tuple[int, str, str]]) -> tuple[str, Optional[dt.datetime], Optional[int]]:
+        return await self._claim((key, token, None, log))
+
+    async def mark_sent(self, key: str, provider_message_id: str, attempts: int, send_id: Optional[int]) -> None:
+        await self._sent((key, provider_message_id, attempts, send_id))
+
+    async def send_state(self, send_id: int) -> Optional[dict[str, Any]]:
+        """A campaign send as it is now (campaigns.sending.prepare decides from it)."""
+        return await self._state(send_id)
 
 
 async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> int:

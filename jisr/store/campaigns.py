@@ -255,6 +255,12 @@ class CampaignStore:
 
     def send_state(self, send_id: int) -> Optional[dict[str, Any]]:
         """A send with its run's state and its contact's consent and window, as they are now."""
+        return self.send_states([send_id])[0]
+
+    def send_states(self, send_ids: Sequence[int]) -> list[Optional[dict[str, Any]]]:
+        """``send_state`` of many sends in one query (a worker's concurrent jobs ask together)."""
+        if not send_ids:
+            return []
         query = (
             sa.select(
                 campaign_sends.c.id,
@@ -270,11 +276,11 @@ class CampaignStore:
                     contacts, contacts.c.id == campaign_sends.c.contact_id
                 )
             )
-            .where(campaign_sends.c.id == send_id)
+            .where(campaign_sends.c.id.in_(sorted(set(send_ids))))
         )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return dict(row._mapping) if row else None
+            found = {row.id: dict(row._mapping) for row in conn.execute(query)}
+        return [found.get(send_id) for send_id in send_ids]
 
     def skip_send(self, send_id: int, reason: str) -> bool:
         """Skip a send decided against at send time; only while it is still pending."""
