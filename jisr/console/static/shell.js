@@ -11,6 +11,7 @@
   const TEXTS = textsNode ? JSON.parse(textsNode.textContent) : {};
   const LANGUAGE = document.documentElement.lang || 'fr';
   const LANGUAGE_COOKIE = 'jisr_console_lang';
+  const SAFE_URL = /^(https?:\/\/|mailto:|\/(?!\/)|#|\?)/i;
 
   /** The text for `key`, with {name} placeholders filled from `vars`; the key itself if missing. */
   function t(key, vars) {
@@ -26,8 +27,13 @@
     const p = props || {};
     if (p.className) node.className = p.className;
     if (p.text !== undefined && p.text !== null) node.textContent = String(p.text);
-    for (const name of ['dir', 'title', 'type', 'value', 'name', 'placeholder', 'href', 'id', 'htmlFor']) {
+    for (const name of ['dir', 'title', 'type', 'value', 'name', 'placeholder', 'id', 'htmlFor']) {
       if (p[name] !== undefined && p[name] !== null) node[name] = p[name];
+    }
+    // A link from data (a family's attachment) may be anything: only web, mail and site links are set.
+    if (p.href !== undefined && p.href !== null) {
+      if (SAFE_URL.test(String(p.href))) node.href = p.href;
+      else console.warn('link not set: not an http(s), mailto or site address');
     }
     if (p.hidden) node.hidden = true;
     if (p.disabled) node.disabled = true;
