@@ -10,8 +10,18 @@ events) without a reload.
 (b) The same in Arabic over Telegram with an Arabic-speaking mediator covering Algeria.
 (c) A mediator covering Spain cannot open a conversation from Algeria: not listed, "access
     denied" at its URL, 403 from the API (session and API token alike).
-(d) A family's message with <script> and <img onerror> shows as text; nothing runs.
-Plus the shell: GET /console sends each role to its console, the CSP header, a phone's width.
+(d) A family's message with <script> and <img onerror> shows as text; nothing runs (a voice
+    note reaches the console too).
+Then: two mediators on one case (a claim refused on a page whose live stream dropped, notes,
+quick replies, transfer, the stream reconnecting); the reply window on Messenger (free-form,
+HUMAN_AGENT tag, closed with the reason) and WhatsApp (template, the text waits); a child's
+safety first in red, filters, drafts kept per case, auto-assign, escalation highlighted live,
+resolve, English on request, an ended session sent to the login page; the shell: GET /console
+sends each role to its console, the security headers, a phone's width, logout.
+
+Time passing (a family's last message days ago, a case waiting 31 minutes) is written into the
+database: the one thing these tests set by hand. Screenshots of the phone and wide layouts are
+left in the tests' tmp_path.
 
 Chromium is required, not optional (as in test_webchat_browser.py): a missing browser fails.
 """
