@@ -45,3 +45,25 @@ def test_a_wrong_total_still_finishes_at_what_was_done_and_an_empty_one_at_once(
     nothing = Progress("rows", 0, stream=empty, tty=False)
     nothing.finish()
     assert empty.getvalue().startswith("rows: 0/0 (100 %)")
+
+
+def test_contacts_import_reports_progress_and_a_missing_file_still_exits_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JISR_")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'jisr.db'}"
+    path = tmp_path / "families.csv"
+    path.write_text("channel,address,language,consent\ntelegram,1,ar,opted_out\ntelegram,2,de,opted_out\ntelegram,3,es,opted_out\n", encoding="utf-8")
+
+    def jisr(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jisr.cli", *args], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+
+    done = jisr("contacts", "import", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    assert "rows: 3/3 (100 %)" in done.stderr and done.stdout.lstrip().startswith("{"), "progress on stderr, JSON alone on stdout"
+    missing = jisr("contacts", "import", str(tmp_path / "nope.csv"))
+    assert missing.returncode == 2 and "cannot be read" in missing.stderr

@@ -451,8 +451,11 @@ def import_csv(
 
     bar = None
     if progress is not None:
-        with open(path, "rb") as counted:
-            bar = progress("rows", max(0, sum(1 for _ in counted) - 1))  # lines less the header (a quoted line break counts twice)
+        try:
+            with open(path, "rb") as counted:
+                bar = progress("rows", max(0, sum(1 for _ in counted) - 1))  # lines less the header (a quoted line break counts twice)
+        except OSError:
+            bar = None  # unreadable: _records says so, as a CsvFileError
     for record in _records(path, name):
         report.rows += 1
         if bar is not None:
