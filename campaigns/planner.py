@@ -58,6 +58,7 @@ CAPPED = "capped"
 NO_LANGUAGE = "no_language"
 OUTSIDE_WINDOW = "outside_window"
 NO_TIMEZONE = "no_timezone"
+NO_COUNTRY = "no_country"   # the message names the family's country ({country}) and theirs is not known
 
 BATCH_SIZE = 5000
 
@@ -277,6 +278,12 @@ def occurrences(campaign: Campaign, now: dt.datetime, calendars: CalendarBook) -
 # --- Expansion --------------------------------------------------------------------------
 
 
+def _uses_country(campaign: Campaign) -> bool:
+    """Does the text or the WhatsApp template ask for the family's country?"""
+    template = campaign.whatsapp_template
+    return "country" in campaign.placeholders or (template is not None and "country" in template.variables.values())
+
+
 def _decide(
     campaign: Campaign,
     occurrence: Occurrence,
@@ -294,6 +301,10 @@ def _decide(
     zone = contact_zone(contact)
     if zone is None:
         return skipped(NO_TIMEZONE)
+    if not (occurrence.country or contact.country) and _uses_country(campaign):
+        # Rendering would have nothing to put in {country}: skipped with its reason at planning,
+        # never a send that fails (or a 500) later.
+        return skipped(NO_COUNTRY)
     if occurrence.event is not None:
         day = campaign.trigger.send_day(occurrence.event, _calendar_region(contact.region, contact.country))
     else:
@@ -443,9 +454,13 @@ def preview(
     for language in campaign.messages:
         if first is None and campaign.needs_event:
             break
-        result.messages[language] = render(
-            campaign, language, first.event if first else None, (first.country if first else None) or (campaign.audience.countries or (None,))[0]
-        )
+        # With no country in the trigger or the audience, {country} is shown as the country
+        # most of the planned families live in (contacts without one are skipped, see _decide).
+        known = [code for code, _ in result.by_country.most_common() if code != "?"]
+        sample_country = (first.country if first else None) or (campaign.audience.countries or (None,))[0] or (known[0] if known else None)
+        if sample_country is None and _uses_country(campaign):
+            break  # nobody to write to: no text to show
+        result.messages[language] = render(campaign, language, first.event if first else None, sample_country)
     result.seconds = time.perf_counter() - started
     return result
 

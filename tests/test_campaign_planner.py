@@ -268,3 +268,23 @@ def test_cli_validate_preview_plan(tmp_path):
 
     assert run_cli(tmp_path, "campaigns", "plan", str(bad)).returncode == 1
     assert run_cli(tmp_path, "campaigns", "preview", str(good), "--now", "yesterday").returncode == 2
+
+
+def test_a_message_naming_the_country_skips_families_whose_country_is_unknown(store, tmp_path):
+    """{country} with no country in the audience: a family without one is skipped with a reason,
+    the others are planned, and the preview shows the text with a real country name."""
+    path = campaign_file(tmp_path, "anywhere", '  at: "2026-09-01T10:00"')
+    path.write_text(path.read_text(encoding="utf-8").replace("  countries: [FR, CI]\n", ""), encoding="utf-8")
+    campaign = load_campaign(path)
+    assert not campaign.audience.countries
+    known = add_contact(store, "telegram:1", language="ar", country="FR")
+    unknown = add_contact(store, "telegram:2", language="fr", country=None, timezone="Europe/Madrid")
+
+    shown = preview(campaign, store, NOW)
+    assert shown.messages["fr"] == "Bonjour : (France)."
+    assert "فرنسا" in shown.messages["ar"]
+
+    plan(campaign, store, NOW)
+    sends = by_contact(store)
+    assert sends[known]["status"] == "planned"
+    assert (sends[unknown]["status"], sends[unknown]["reason"]) == ("skipped", "no_country")
