@@ -481,7 +481,7 @@ class Soak:
 
     async def family(self, http: Any, conv: Conversation, questions: list[str], until: float) -> None:
         rng = random.Random(self.o.seed * 1000 + conv.index)
-        await asyncio.sleep(rng.uniform(0, self.o.think_seconds[1]))  # not all at once
+        await asyncio.sleep(rng.uniform(0, max(self.o.think_seconds[1], self.o.minutes * 20)))  # families start over the first third
         seq = 0
         while time.time() < until:
             text = questions[rng.randrange(len(questions))]

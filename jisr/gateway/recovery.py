@@ -42,7 +42,7 @@ CLAIM_SECONDS = 3600         # the claim key's own expiry: a safety net only (th
 
 # A message waits at most this long for the earlier messages of its conversation (a safety net:
 # a dead gateway's message is taken over within ALIVE_SECONDS + SWEEP_SECONDS).
-TURN_WAIT_SECONDS = 20.0
+TURN_WAIT_SECONDS = 60.0
 TURN_RECHECK_SECONDS = 0.05
 
 # Claim: the dedupe key if free, the pending message, and its place in the conversation (atomically).
