@@ -543,6 +543,10 @@ def test_from_settings(sim: tuple[FastAPI, str], state: TelegramSimState) -> Non
 
 def test_logs_carry_no_token_chat_id_or_text(sim: tuple[FastAPI, str], state: TelegramSimState, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    # The gateway holds these libraries at WARNING (jisr.privacy.logs); the test opens them up to
+    # DEBUG so that what they would print, if someone turned them up, is checked too.
+    for library in ("telegram", "httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=library)
     chat, text = "telegram:987654321", "Mon fils s'appelle Ayoub"
 
     async def scenario() -> None:
