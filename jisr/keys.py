@@ -87,6 +87,11 @@ def account_sessions(account_id: int) -> str:
     return f"{PREFIX}account-sessions:{account_id}"
 
 
+def subscribe_rate(client_hash: str, hour: int) -> str:
+    """Posts of the public subscription form from one client (keyed pseudonym) in one hour."""
+    return f"{PREFIX}rate:subscribe:{client_hash}:{hour}"
+
+
 def login_failures(kind: str, subject_hash: str) -> str:
     """Sorted set of recent failed logins (scores: times) per username or per client (kind)."""
     return f"{PREFIX}login-failures:{kind}:{subject_hash}"

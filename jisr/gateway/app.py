@@ -28,6 +28,7 @@ from jisr.assistant.runtime import Assistant
 from jisr.channels import build_connectors  # noqa: F401  (re-exported: it lived here)
 from jisr.console.routes import install as install_consoles
 from jisr.gateway import auth_routes, campaigns_api, privacy_api
+from jisr.gateway import subscribe as subscribe_page
 from jisr.console import operators as operators_console
 from jisr.gateway import operators_api
 from jisr.gateway import operations, recovery
@@ -325,6 +326,9 @@ def create_app(
 
     # -- privacy: a contact's export and erasure (admins) ----------------------------------
     app.include_router(privacy_api.router)
+
+    # -- the public subscription form (families opt in to WhatsApp reminders) ---------------
+    app.include_router(subscribe_page.router)
 
     # -- the operators' console API: indicators, contacts, imports, content ----------------
     app.include_router(operators_api.router)
