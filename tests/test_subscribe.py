@@ -119,6 +119,8 @@ def test_the_page_renders_in_the_family_language(gw, lang, direction, words):
     assert "<script" not in page.text and "http" not in page.text.replace('hreflang', '')
     assert re.search(r'<input type="checkbox" name="consent" value="yes" required>', page.text)
     assert len(page.content) < 12_000
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'none' forbids scripts
     for code in ("FR", "ES", "IT", "DE", "BE", "NL", "DZ", "CI"):
         assert f'<option value="{code}"' in page.text
     for topic in SUBSCRIPTION_TOPICS:

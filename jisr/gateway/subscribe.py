@@ -62,6 +62,13 @@ DEFAULT_LANGUAGE = "fr"
 # Language names as their speakers write them (the switch must be readable in any language).
 LANGUAGE_NAMES = {"ar": "العربية / الدارجة", "fr": "Français", "es": "Español", "it": "Italiano", "de": "Deutsch"}
 # What a phone number may be written with besides digits: spaces, dots, dashes, brackets.
+# No script, no outside resource, no framing (a framed form could trick a tick), no referrer.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 _SEPARATORS = re.compile(r"[\s.\-()/\u00a0\u200e\u200f]")
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
@@ -146,7 +153,6 @@ def form_token_valid(secret: str, token: Optional[str], now: Optional[float] = N
 class Submission:
     """What a family posted, checked; ``errors`` holds the keys of the texts to show."""
 
-    language_page: str
     phone: str = ""
     address: Optional[str] = None
     country: str = ""
@@ -157,10 +163,9 @@ class Submission:
     errors: list[str] = field(default_factory=list)
 
 
-def read_submission(form: dict[str, list[str]], page: str) -> Submission:
+def read_submission(form: dict[str, list[str]]) -> Submission:
     first = {name: (values[0] if values else "") for name, values in form.items()}
     sub = Submission(
-        language_page=page,
         phone=first.get("phone", "")[:64],
         country=first.get("country", "").strip().upper(),
         language=first.get("language", "").strip().lower(),
@@ -252,7 +257,7 @@ def _page(lang: str, title: str, body: str) -> str:
 
 def render_form(lang: str, token: str, sub: Optional[Submission] = None) -> str:
     t = texts(lang)
-    sub = sub or Submission(language_page=lang, language=lang)
+    sub = sub or Submission(language=lang)
     parts = [f"<h1>{_e(t['title'])}</h1><p>{_e(t['intro'])}</p>"]
     if sub.errors:
         items = "".join(f"<li>{_e(t[key])}</li>" for key in dict.fromkeys(sub.errors))
@@ -315,6 +320,10 @@ def render_message(lang: str, title_key: str, body_key: str) -> str:
 # -- routes -------------------------------------------------------------------------------
 
 
+def _html(page: str, status: int = 200, extra: Optional[dict[str, str]] = None) -> HTMLResponse:
+    return HTMLResponse(page, status_code=status, headers={**PAGE_HEADERS, **(extra or {})})
+
+
 def _services(request: Request) -> Any:
     return request.app.state.services
 
@@ -336,7 +345,7 @@ async def _over_the_limit(request: Request) -> bool:
 async def subscribe_page(request: Request) -> HTMLResponse:
     lang = page_language(request)
     token = new_form_token(_services(request).settings.webchat_secret)
-    return HTMLResponse(render_form(lang, token), headers={"Cache-Control": "no-store"})
+    return _html(render_form(lang, token))
 
 
 @router.post("/subscribe", response_class=HTMLResponse, summary="Subscribe a WhatsApp number (consent recorded with source web_form)")
@@ -344,21 +353,21 @@ async def subscribe_post(request: Request) -> HTMLResponse:
     lang = page_language(request)
     services = _services(request)
     if await _over_the_limit(request):
-        return HTMLResponse(render_message(lang, "errors_title", "error_rate"), status_code=429, headers={"Retry-After": "3600"})
+        return _html(render_message(lang, "errors_title", "error_rate"), 429, {"Retry-After": "3600"})
     await read_form(request)  # content type and size checks (415, 413, 400)
     # Again, keeping every value: the topics are several checkboxes of one name.
     form = parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True, max_num_fields=50)
     if not form_token_valid(services.settings.webchat_secret, (form.get("form_token") or [""])[0]):
-        return HTMLResponse(render_message(lang, "errors_title", "error_token"), status_code=403)
-    thanks = HTMLResponse(render_message(lang, "thanks_title", "thanks_body"), headers={"Cache-Control": "no-store"})
+        return _html(render_message(lang, "errors_title", "error_token"), 403)
+    thanks = _html(render_message(lang, "thanks_title", "thanks_body"))
     if (form.get(HONEYPOT_FIELD) or [""])[0].strip():
         logger.info("subscription form: honeypot filled, nothing recorded")
         return thanks
-    sub = read_submission(form, lang)
+    sub = read_submission(form)
     if sub.errors:
         # The same page with the errors, a fresh token, and what was typed (escaped).
         token = new_form_token(services.settings.webchat_secret)
-        return HTMLResponse(render_form(lang, token, sub), status_code=422)
+        return _html(render_form(lang, token, sub), 422)
     outcome = await asyncio.to_thread(record_subscription, services.store, sub)
     logger.info("subscription form: %s %s (%s, %s)", address_hash(sub.address or ""), outcome, sub.country, sub.language)
     return thanks
