@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -164,3 +165,35 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         twilio_url, telegram_url, graph_url = urls["twilio"], urls["telegram"], urls["graph"]
         with _slow_start_server(create_app(settings)) as gateway_url:
             yield {"gateway": gateway_url, "twilio": twilio_url, "telegram": telegram_url, "graph": graph_url, "database_url": settings.database_url, **s}
+
+
+# --- A real browser (Debian's chromium, driven by Playwright) ---------------------------------
+
+CHROMIUM = os.environ.get("JISR_CHROMIUM", "/usr/bin/chromium")
+# As root and on a closed network: no sandbox, and none of the background connections that
+# this machine's network refuses many at a time.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless chromium per test module (each test opens its own context)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does it)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 import re
 import secrets
 import time
@@ -46,8 +45,6 @@ from jisr.auth.store import AccountStore
 from jisr.store.contacts import create_db_engine
 from jisr.store.schema import contacts, handoffs
 
-CHROMIUM = os.environ.get("JISR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 20_000
 WAIT_S = WAIT_MS / 1000
 PASSWORD = "long enough pass phrase 4 tests"
@@ -95,19 +92,6 @@ def people(stack) -> dict[str, Person]:
 
 # --- The browser -------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does it)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Iterator
@@ -31,7 +30,6 @@ from jisr.redisconn import connect_redis
 from jisr.settings import Settings
 from jisr.simulators.server import BackgroundServer
 from jisr.store.contacts import ContactStore, ImportedContact, create_db_engine
-from test_webchat_browser import CHROMIUM, CHROMIUM_ARGS
 
 PASSWORD = "correct horse battery staple 42"
 TIMEOUT_MS = 20_000
@@ -96,19 +94,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         engine.dispose()
         redis.close()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ Chromium is required, not optional: CI installs it (.ci/run), so a missing brows
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,35 +14,11 @@ import pytest
 
 from jisr.knowledge import default_knowledge
 
-CHROMIUM = os.environ.get("JISR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPLY_TIMEOUT_MS = 20_000
 
 FRENCH_QUESTION = "bonjour, comment inscrire mon fils au collège ?"
 ARABIC_QUESTION = "السلام عليكم، متى امتحانات الباكالوريا؟"
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does it)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
