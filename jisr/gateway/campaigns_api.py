@@ -42,6 +42,7 @@ from campaigns.planner import parse_now, preview
 from jisr.auth.audit import AuditLog
 from jisr.auth.dependencies import check_roles, current_account
 from jisr.auth.models import Account
+from jisr.gateway.bodies import read_capped_body
 from jisr.outbox import Outbox
 from jisr.paths import LANGUAGE_FORMS
 from jisr.settings import Settings
@@ -142,15 +143,9 @@ Now = Annotated[
 
 async def campaign_body(request: Request, name: SourceName = DEFAULT_SOURCE_NAME) -> Campaign:
     """The campaign in the body, validated as `jisr campaigns validate` validates a file."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_CAMPAIGN_BYTES:
-            raise HTTPException(413, f"a campaign file holds at most {MAX_CAMPAIGN_BYTES // 1024} KiB")
-        chunks.append(chunk)
+    body = await read_capped_body(request, MAX_CAMPAIGN_BYTES, f"a campaign file holds at most {MAX_CAMPAIGN_BYTES // 1024} KiB")
     try:
-        return await asyncio.to_thread(load_campaign_text, b"".join(chunks), name or DEFAULT_SOURCE_NAME)
+        return await asyncio.to_thread(load_campaign_text, body, name or DEFAULT_SOURCE_NAME)
     except CampaignError as error:
         raise HTTPException(422, str(error)) from error
 

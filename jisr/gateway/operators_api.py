@@ -35,6 +35,7 @@ from jisr.auth.dependencies import require_roles
 from jisr.auth.models import Account
 from jisr.calendars import CalendarBook
 from jisr.gateway import campaigns_api
+from jisr.gateway.bodies import read_capped_body
 from jisr.gateway.campaigns_api import ServicesDep
 from jisr.paths import CONTENT_DIR, PROJECT_ROOT
 from jisr.programmes import PROGRAMMES_FILE, load_programmes
@@ -358,19 +359,10 @@ async def contacts_import(
     basis: Annotated[Optional[str], Query(max_length=500, description="how and where the people on the list agreed (needed for opt-ins)")] = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
-        raise HTTPException(413, f"a contact list holds at most {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_IMPORT_BYTES:
-            raise HTTPException(413, f"a contact list holds at most {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it")
-        chunks.append(chunk)
-    if not size:
+    body = await read_capped_body(request, MAX_IMPORT_BYTES, f"a contact list holds at most {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it")
+    if not body:
         raise HTTPException(422, "the body is empty: send the CSV file's content")
-    result = await asyncio.to_thread(_import, services.store, b"".join(chunks), name, basis, dry_run, account)
+    result = await asyncio.to_thread(_import, services.store, body, name, basis, dry_run, account)
     if not dry_run:
         await AuditLog(services.store.engine).arecord(
             account, "contacts.import", "contact_list", None, None,
