@@ -222,15 +222,27 @@ class HandoffStore:
 
     def claim(self, handoff_id: int, account_id: int, now: Optional[dt.datetime] = None) -> Change:
         """Take the handoff: only if nobody else holds it."""
+        unheld_or_mine = sa.or_(handoffs.c.assigned_to.is_(None), handoffs.c.assigned_to == account_id)
+        return self._give(handoff_id, account_id, [unheld_or_mine], "another mediator holds this conversation", now)
+
+    def assign(self, handoff_id: int, account_id: int, expected_holder: Optional[int] = None, only_if_unheld: bool = False, now: Optional[dt.datetime] = None) -> Change:
+        """Give the handoff to ``account_id`` (auto-assign: only if unheld; transfer: only if still
+        held by ``expected_holder``, so two transfers at once cannot both win)."""
+        conditions = []
+        if only_if_unheld:
+            conditions.append(handoffs.c.assigned_to.is_(None))
+        if expected_holder is not None:
+            conditions.append(handoffs.c.assigned_to == expected_holder)
+        return self._give(handoff_id, account_id, conditions, "another mediator holds this conversation now", now)
+
+    def _give(self, handoff_id: int, account_id: int, conditions: list[Any], held_elsewhere: str, now: Optional[dt.datetime]) -> Change:
+        """Assign an open handoff to ``account_id`` where ``conditions`` still hold, in one
+        conditional UPDATE (two mediators acting at once: one wins), then say what happened."""
         now = now or _now()
         with self.engine.begin() as conn:
             changed = conn.execute(
                 handoffs.update()
-                .where(
-                    handoffs.c.id == handoff_id,
-                    handoffs.c.status.in_(OPEN),
-                    sa.or_(handoffs.c.assigned_to.is_(None), handoffs.c.assigned_to == account_id),
-                )
+                .where(handoffs.c.id == handoff_id, handoffs.c.status.in_(OPEN), *conditions)
                 .values(status="assigned", assigned_to=account_id, claimed_at=sa.func.coalesce(handoffs.c.claimed_at, now))
             ).rowcount
             current = conn.execute(sa.select(handoffs).where(handoffs.c.id == handoff_id)).first()
@@ -241,30 +253,7 @@ class HandoffStore:
             return Change(True, handoff)
         if not handoff.is_open:
             return Change(False, handoff, f"this conversation is closed ({handoff.status})")
-        return Change(False, handoff, "another mediator holds this conversation")
-
-    def assign(self, handoff_id: int, account_id: int, expected_holder: Optional[int] = None, only_if_unheld: bool = False, now: Optional[dt.datetime] = None) -> Change:
-        """Give the handoff to ``account_id`` (auto-assign: only if unheld; transfer: only if still
-        held by ``expected_holder``, so two transfers at once cannot both win)."""
-        now = now or _now()
-        conditions = [handoffs.c.id == handoff_id, handoffs.c.status.in_(OPEN)]
-        if only_if_unheld:
-            conditions.append(handoffs.c.assigned_to.is_(None))
-        if expected_holder is not None:
-            conditions.append(handoffs.c.assigned_to == expected_holder)
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                handoffs.update().where(*conditions).values(status="assigned", assigned_to=account_id, claimed_at=sa.func.coalesce(handoffs.c.claimed_at, now))
-            ).rowcount
-            current = conn.execute(sa.select(handoffs).where(handoffs.c.id == handoff_id)).first()
-        if current is None:
-            return Change(False, None, "no such handoff")
-        handoff = Handoff.from_row(current)
-        if changed:
-            return Change(True, handoff)
-        if not handoff.is_open:
-            return Change(False, handoff, f"this conversation is closed ({handoff.status})")
-        return Change(False, handoff, "another mediator holds this conversation now")
+        return Change(False, handoff, held_elsewhere)
 
     def end(self, handoff_id: int, status: str, now: Optional[dt.datetime] = None) -> Change:
         """Hand back or resolve; pending mediator texts that never went out are marked failed."""
