@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from jisr.holidays import HolidayBook, default_holidays
 from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
 
 CONFIG_PATH = CONTENT_DIR / "mediation.yml"
@@ -37,6 +38,8 @@ class WorkingHours:
     days: frozenset[int]          # Monday = 0
     start: dt.time
     end: dt.time
+    # The country's public holidays (content/calendars/public_holidays/): no shift on those dates.
+    days_off: frozenset[dt.date] = frozenset()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -97,11 +100,13 @@ class MediationConfig:
         return self.whatsapp_templates.get(language or "fr") or self.whatsapp_templates.get("fr")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "MediationConfig":
+    def from_mapping(cls, data: Mapping[str, Any], holidays: Optional[HolidayBook] = None) -> "MediationConfig":
+        """``holidays``: the public holidays to apply (default: the files in content/calendars/public_holidays/)."""
+        book = holidays if holidays is not None else default_holidays()
         hours = data.get("working_hours") or {}
         if "default" not in hours:
             raise MediationConfigError("working_hours.default: missing (the hours of countries without their own)")
-        by_country = {str(code).upper(): _hours(spec, f"working_hours.countries.{code}") for code, spec in (hours.get("countries") or {}).items()}
+        by_country = {str(code).upper(): _hours(spec, f"working_hours.countries.{code}", book, str(code)) for code, spec in (hours.get("countries") or {}).items()}
         priorities = {str(k): int(v) for k, v in (data.get("priorities") or {}).items()}
         missing = set(REASONS) - set(priorities)
         if missing:
@@ -115,7 +120,7 @@ class MediationConfig:
         if unknown:
             raise MediationConfigError(f"quick_replies: unknown languages {sorted(unknown)} (use {', '.join(REPLY_LANGUAGES)})")
         return cls(
-            default_hours=_hours(hours["default"], "working_hours.default"),
+            default_hours=_hours(hours["default"], "working_hours.default", book, None),
             hours_by_country=by_country,
             expected_response=dt.timedelta(minutes=_positive(data, "expected_response_minutes", 120)),
             escalation_wait=dt.timedelta(minutes=_positive(data, "escalation_wait_minutes", 30)),
@@ -139,7 +144,9 @@ def _positive(data: Mapping[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
-def _hours(spec: Any, where: str) -> WorkingHours:
+def _hours(spec: Any, where: str, holidays: HolidayBook, country: Optional[str]) -> WorkingHours:
+    """One entry of working_hours; its days off are the public holidays of ``country``, or of the
+    country named by its optional ``holidays`` field (the default entry has no country of its own)."""
     if not isinstance(spec, Mapping):
         raise MediationConfigError(f"{where}: must map timezone, days, start and end")
     if "timezone" not in spec:
@@ -159,7 +166,11 @@ def _hours(spec: Any, where: str) -> WorkingHours:
         raise MediationConfigError(f"{where}: start and end are HH:MM times") from None
     if end <= start:
         raise MediationConfigError(f"{where}: end must be after start")
-    return WorkingHours(zone, frozenset(WEEKDAYS.index(str(d).lower()) for d in days), start, end)
+    holidays_of = str(spec.get("holidays") or country or "").upper()
+    if "holidays" in spec and holidays_of not in holidays.countries:
+        raise MediationConfigError(f"{where}.holidays: no public-holiday file for '{spec['holidays']}' (known: {', '.join(holidays.countries)})")
+    days_off = holidays.days_off(holidays_of) if holidays_of else frozenset()
+    return WorkingHours(zone, frozenset(WEEKDAYS.index(str(d).lower()) for d in days), start, end, days_off)
 
 
 @lru_cache(maxsize=1)

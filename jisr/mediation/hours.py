@@ -2,6 +2,7 @@
 
 Computed in the country's own time zone (DST-safe through zoneinfo), then told to the family in
 *its* local time, which may differ (a family in Spain whose conversation is followed from Paris).
+The country's public holidays (WorkingHours.days_off) are days without a shift.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from jisr.paths import REPLY_LANGUAGES
 
 # Less than this left in a shift: promise the next shift rather than "today".
 LAST_CALL = dt.timedelta(minutes=30)
+# How far ahead to look for a working day (holidays can close several days in a row).
+LOOK_AHEAD_DAYS = 31
+# From this many days ahead a weekday alone is ambiguous ("Monday": which one?): the date is added.
+WEEKDAY_ALONE_WITHIN = 7
+# The weekday and the date, in each reply language (the locale's own order and words).
+DAY_AND_DATE = {"fr": "EEEE d MMMM", "ar": "EEEE d MMMM", "es": "EEEE d 'de' MMMM", "it": "EEEE d MMMM", "de": "EEEE, d. MMMM"}
 
 
 @dataclass(frozen=True)
@@ -35,21 +42,26 @@ def _shift(hours: WorkingHours, day: dt.date, time: dt.time) -> dt.datetime:
     return dt.datetime.combine(day, time, tzinfo=hours.zone)
 
 
+def working_day(hours: WorkingHours, day: dt.date) -> bool:
+    """One of the mediators' weekdays, and not a public holiday of their country."""
+    return day.weekday() in hours.days and day not in hours.days_off
+
+
 def next_shift_start(hours: WorkingHours, now: dt.datetime) -> dt.datetime:
     """The first shift start strictly after ``now`` (aware, in the mediators' zone)."""
     local = now.astimezone(hours.zone)
-    for offset in range(8):
+    for offset in range(LOOK_AHEAD_DAYS + 1):
         day = local.date() + dt.timedelta(days=offset)
-        if day.weekday() in hours.days:
+        if working_day(hours, day):
             start = _shift(hours, day, hours.start)
             if start > local:
                 return start
-    raise AssertionError("a week always holds a working day")  # config requires at least one day
+    raise ValueError(f"no working day in the {LOOK_AHEAD_DAYS} days after {local.date()}: check the public holidays in content/calendars/public_holidays/")
 
 
 def open_now(hours: WorkingHours, now: dt.datetime) -> bool:
     local = now.astimezone(hours.zone)
-    return local.weekday() in hours.days and hours.start <= local.time() < hours.end
+    return working_day(hours, local.date()) and hours.start <= local.time() < hours.end
 
 
 def eta(hours: WorkingHours, now: dt.datetime, expected: dt.timedelta) -> Eta:
@@ -93,6 +105,8 @@ def eta_text(replies: ReplyBook, language: str, when: Eta, zone: ZoneInfo, now: 
     elif local.date() == today + dt.timedelta(days=1):
         day = str(days["tomorrow"])
     else:
-        weekday = format_date(local.date(), format="EEEE", locale=language if language in REPLY_LANGUAGES else "fr")
+        locale = language if language in REPLY_LANGUAGES else "fr"
+        pattern = "EEEE" if (local.date() - today).days < WEEKDAY_ALONE_WITHIN else DAY_AND_DATE.get(locale, "EEEE d MMMM")
+        weekday = format_date(local.date(), format=pattern, locale=locale)
         day = str(days.get("weekday", "{weekday}")).format(weekday=weekday)
     return replies.text("handoff_eta_next_shift", language, day=day, time=time)
