@@ -347,7 +347,7 @@ async def _end(handoff_id: int, account: Account, mediation: Mediation, status: 
     if not handoff.is_open:
         raise HTTPException(409, f"this conversation is already closed ({handoff.status})")
     _holds_or_admin(account, handoff)
-    change = await mediation.end(handoff, status)
+    change = await mediation.end(handoff, status, by=account)
     if not change.ok:
         raise HTTPException(409, change.reason)
     await _audit(mediation, account, f"handoff.{action}", change.handoff)

@@ -4,6 +4,11 @@ silent), mediator replies within each platform's rules, hand back or resolve, es
 The gateway calls two hooks on every message (``hold`` before the assistant, ``after_turn``
 after it); the mediators' API (jisr.mediation.api) calls the rest. Both run in every gateway
 process: state lives in SQL and Redis only.
+
+What the platform does not let go out now (a mediator's text outside WhatsApp's 24 hours, the
+assistant's notice that a case was handed back or resolved days later) is not dropped: it is
+logged with the status ``awaiting_window`` (the console shows it as waiting) and goes out,
+oldest first, when the family next writes, before the answer to that message.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ OFFER_KEYS = ("mediator_offer", "fallback_mediator")
 HANDOFF_SLOTS = {"handoff_requested": False, "handoff_reason": None, "mediator_offered": False, "fallback_count": 0.0}
 # The reason the assistant's own answer already tells the family a mediator is coming.
 ANNOUNCED_BY_THE_BOT = ("request", "harassment")
+# Reply forms that go out now; "template" and "closed" make a message wait for the family.
+SENDABLE_NOW = ("text", f"tag:{HUMAN_AGENT}")
 
 
 class ReplyRefused(Exception):
@@ -129,7 +136,11 @@ class Mediation:
         The message is still *understood* (NLU only, no conversation state): an opt-out is
         recorded at once so campaigns stop, the intents feed the case's topics, and a safety cue
         raises the priority. The bot says nothing: the mediator sees all of it in the transcript.
+
+        First, on every message, held or not: the family's window is open again, so whatever
+        waited for it goes out now, queued before any answer to this message.
         """
+        await self.release_waiting(contact)
         handoff = await asyncio.to_thread(self.handoffs.open_for_contact, contact.id)
         if handoff is None:
             return None
@@ -153,7 +164,6 @@ class Mediation:
             )
             handoff = opened.handoff
             await self.publish("handoff.updated", handoff)
-        await self._release_awaiting(handoff, contact)
         await self.publish("message.in", handoff)
         return handoff
 
@@ -233,7 +243,7 @@ class Mediation:
     # -- mediators' actions ---------------------------------------------------------------------
 
     def window(self, handoff: Handoff, contact: Contact) -> ReplyForm:
-        return reply_form(handoff.channel, contact.last_inbound_at, self.config, reply_language_of(contact.language or handoff.language or "fr"))
+        return reply_form(handoff.channel, contact.last_inbound_at, self.config, family_language(handoff, contact))
 
     async def reply(self, handoff: Handoff, account: Account, text: str, idempotency_key: Optional[str]) -> ReplyResult:
         """Send a mediator's text to the family through its channel, in the form the platform allows now."""
@@ -250,30 +260,16 @@ class Mediation:
         if await asyncio.to_thread(self.contacts.outbound_status, part_key) is not None:
             existing = await asyncio.to_thread(self._message_id, part_key)
             return ReplyResult(existing, form.form, duplicate=True)
-        pending = await asyncio.to_thread(self.handoffs.awaiting_window, handoff.id) if form.form == "template" else []
         try:
             message_id = await asyncio.to_thread(self.contacts.log_outbound, contact.id, handoff.channel, text, part_key)
         except sa.exc.IntegrityError:  # the same key at the same moment (a double click)
             return ReplyResult(await asyncio.to_thread(self._message_id, part_key), form.form, duplicate=True)
-        language = reply_language_of(contact.language or handoff.language or "fr")
         if form.form == "template":
-            # The text waits for the family to write back; one template asks them to, once.
-            await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, account.id, AWAITING_WINDOW)
-            if not pending:
-                await self._send_template(handoff, contact, account, language, key)
+            # The text waits for the family to write back; a template asks them to.
+            await self._wait_for_family(handoff, contact, message_id, account.id, key, account)
         else:
             await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, account.id)
-            await self.outbox.enqueue(
-                SendJob(
-                    idempotency_key=key,
-                    channel=handoff.channel,
-                    address=contact.address,
-                    parts=((text, ()),),
-                    messenger_tag=HUMAN_AGENT if form.form == f"tag:{HUMAN_AGENT}" else None,
-                    contact_id=contact.id,
-                    lane="replies",
-                )
-            )
+            await self.outbox.enqueue(self._text_job(key, handoff.channel, contact, text, form.form))
         await asyncio.to_thread(self.handoffs.first_response, handoff.id)
         await self.publish("message.out", handoff)
         return ReplyResult(message_id, form.form)
@@ -294,8 +290,41 @@ class Mediation:
             material = f"derived:{account.id}:{int(dt.datetime.now(UTC).timestamp() // 60)}:{text}"
         return f"mediator:{handoff.id}:{hashlib.sha256(material.encode()).hexdigest()[:24]}"
 
-    async def _send_template(self, handoff: Handoff, contact: Contact, account: Account, language: str, key: str) -> None:
-        sid = self.config.whatsapp_template(language)
+    @staticmethod
+    def _text_job(key: str, channel: str, contact: Contact, text: str, form: str = "text") -> SendJob:
+        """One text to the family on the replies lane (turn order kept), tagged HUMAN_AGENT when
+        that is the form the platform allows now (Messenger, 24 hours to 7 days)."""
+        return SendJob(
+            idempotency_key=key,
+            channel=channel,
+            address=contact.address,
+            parts=((text, ()),),
+            messenger_tag=HUMAN_AGENT if form == f"tag:{HUMAN_AGENT}" else None,
+            contact_id=contact.id,
+            lane="replies",
+        )
+
+    async def _wait_for_family(
+        self, handoff: Handoff, contact: Contact, message_id: int, author_id: Optional[int], key: str, asker: Optional[Account]
+    ) -> None:
+        """Keep a logged message until the family writes (``release_waiting`` sends it then).
+
+        ``asker`` set (WhatsApp with a reopen template): the template, in their name, asks the
+        family to write back — once: not when something already waits for them (it was asked).
+        """
+        already_asked = bool(await asyncio.to_thread(self.handoffs.awaiting_window, contact.id))
+        await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, author_id, AWAITING_WINDOW)
+        # The family may have written between the window check and the tag above, and that
+        # message's release did not see this one: nobody else would send it until they write again.
+        fresh = await asyncio.to_thread(self.contacts.get, contact.id)
+        if fresh is not None and self.window(handoff, fresh).form == "text":
+            await self.release_waiting(fresh)
+            return
+        if asker is not None and not already_asked:
+            await self._send_template(handoff, contact, asker, key)
+
+    async def _send_template(self, handoff: Handoff, contact: Contact, account: Account, key: str) -> None:
+        sid = self.config.whatsapp_template(family_language(handoff, contact))
         assert sid is not None  # reply_form said "template"
         reopen = f"{key}:reopen"
         variables = (("1", account.display_name),)
@@ -314,21 +343,26 @@ class Mediation:
             )
         )
 
-    async def _release_awaiting(self, handoff: Handoff, contact: Contact) -> None:
-        """The family wrote: the window is open again, so mediator texts held for it go out now."""
-        waiting = await asyncio.to_thread(self.handoffs.awaiting_window, handoff.id)
-        if not waiting:
-            return
-        await asyncio.to_thread(self.handoffs.set_message_status, [m["id"] for m in waiting], "queued")
-        for item in waiting:
-            key = str(item["idempotency_key"]).rsplit(":", 1)[0]
-            await self.outbox.enqueue(
-                SendJob(idempotency_key=key, channel=handoff.channel, address=contact.address, parts=((item["text"] or "", ()),), contact_id=contact.id, lane="replies")
-            )
-        await self.publish("message.out", handoff)
+    async def release_waiting(self, contact: Contact) -> None:
+        """The family wrote: the window is open again, so the mediators' texts and the assistant's
+        notices that waited for it go out now, oldest first, as plain text (inside the window)."""
+        taken = await asyncio.to_thread(self.handoffs.take_awaiting, contact.id)
+        for index, item in enumerate(taken):
+            key = str(item["idempotency_key"]).rsplit(":", 1)[0]  # logged as "<job key>:0"
+            try:
+                await self.outbox.enqueue(self._text_job(key, contact.channel, contact, item["text"] or ""))
+            except Exception:
+                # Not queued: waiting again, so the retry of the family's message (or their next one) sends it.
+                await asyncio.to_thread(self.handoffs.wait_again, [m["id"] for m in taken[index:]])
+                raise
+        for handoff_id in sorted({item["handoff_id"] for item in taken if item["handoff_id"]}):
+            handoff = await asyncio.to_thread(self.handoffs.get, handoff_id)
+            if handoff is not None:
+                await self.publish("message.out", handoff)
 
-    async def end(self, handoff: Handoff, status: str) -> Change:
-        """Hand back (the bot resumes) or resolve; the family is told in its language."""
+    async def end(self, handoff: Handoff, status: str, by: Optional[Account] = None) -> Change:
+        """Hand back (the bot resumes) or resolve; the family is told in its language (``by``:
+        who ended it, named in the WhatsApp template when the notice needs one)."""
         change = await asyncio.to_thread(self.handoffs.end, handoff.id, status)
         if not change.ok or change.handoff is None:
             return change
@@ -337,31 +371,38 @@ class Mediation:
         if contact is not None:
             await self.clear_handoff_flags(contact.address)
             await self.redis.delete(keys.fallbacks_in_a_row(contact.id))
-            await self._tell(ended, contact, "handoff_back" if status == "handed_back" else "handoff_resolved", f"handoff:{ended.id}:{status}")
+            await self._tell(ended, contact, "handoff_back" if status == "handed_back" else "handoff_resolved", f"handoff:{ended.id}:{status}", by)
         await self.publish("handoff.updated", ended)
         return change
 
-    async def _tell(self, handoff: Handoff, contact: Contact, reply_key_name: str, key: str) -> None:
-        """A notice from the assistant about the handoff, if the platform lets it go out now."""
+    async def _tell(self, handoff: Handoff, contact: Contact, reply_key_name: str, key: str, by: Optional[Account] = None) -> None:
+        """A notice from the assistant about the handoff, in the family's language, never dropped.
+
+        Inside the window it goes now; on Messenger from 24 hours to 7 days with the HUMAN_AGENT
+        tag (a notice about a person's handling of the case is what the tag is for). Otherwise it
+        waits for the family's next message (``release_waiting``); on WhatsApp the reopen
+        template, when configured, asks them to write, as for a mediator's text.
+        """
         form = self.window(handoff, contact)
-        if form.form not in ("text", f"tag:{HUMAN_AGENT}"):
-            logger.info("handoff %s: notice not sent (%s outside its window)", handoff.id, handoff.channel)
-            return
-        language = reply_language_of(contact.language or handoff.language or "fr")
-        text = self.replies.text(reply_key_name, language)
+        text = self.replies.text(reply_key_name, family_language(handoff, contact))
         message_id = await asyncio.to_thread(self.contacts.log_outbound, contact.id, handoff.channel, text, f"{key}:0")
-        await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, None)
-        await self.outbox.enqueue(
-            SendJob(
-                idempotency_key=key,
-                channel=handoff.channel,
-                address=contact.address,
-                parts=((text, ()),),
-                messenger_tag=HUMAN_AGENT if form.form == f"tag:{HUMAN_AGENT}" else None,
-                contact_id=contact.id,
-                lane="replies",
-            )
-        )
+        if form.form in SENDABLE_NOW:
+            await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, None)
+            await self.outbox.enqueue(self._text_job(key, handoff.channel, contact, text, form.form))
+            return
+        asker = await self._template_asker(handoff, by) if form.form == "template" else None
+        await self._wait_for_family(handoff, contact, message_id, None, key, asker)
+        logger.info("handoff %s: notice kept for the family's next message (%s outside its window%s)", handoff.id, handoff.channel, "; template sent" if asker else "")
+
+    async def _template_asker(self, handoff: Handoff, by: Optional[Account]) -> Optional[Account]:
+        """Whose name the reopen template gives: who ended the case, else who held it (none: no template)."""
+        if by is not None:
+            return by
+        if handoff.assigned_to is None:
+            return None
+        from jisr.auth.store import AccountStore
+
+        return await asyncio.to_thread(AccountStore(self.contacts.engine).get, handoff.assigned_to)
 
     # -- escalation -------------------------------------------------------------------------------
 
@@ -405,6 +446,11 @@ class Mediation:
                 await self.escalate_due()
             except Exception:  # a database hiccup must not end the loop
                 logger.exception("escalation check failed; trying again at the next interval")
+
+
+def family_language(handoff: Handoff, contact: Contact) -> str:
+    """The reply language of what the family reads (a Darija speaker reads the Arabic texts)."""
+    return reply_language_of(contact.language or handoff.language or "fr")
 
 
 def least_loaded(candidates: list[Account], load: dict[int, int]) -> Optional[Account]:

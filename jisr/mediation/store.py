@@ -26,7 +26,8 @@ UTC = dt.timezone.utc
 OPEN = ("waiting", "assigned")
 CLOSED = ("handed_back", "resolved")
 # A mediator's text written outside WhatsApp's 24-hour window waits for the family to write
-# back (a template asked them to); this is its message status meanwhile.
+# back (a template asked them to); so does the assistant's notice about a handoff that the
+# platform does not let go out now. This is their message status meanwhile.
 AWAITING_WINDOW = "awaiting_window"
 MAX_NOTE_CHARS = 4000
 
@@ -321,21 +322,44 @@ class HandoffStore:
         with self.engine.begin() as conn:
             conn.execute(handoffs.update().where(handoffs.c.id == handoff_id, handoffs.c.first_response_at.is_(None)).values(first_response_at=now or _now()))
 
-    def awaiting_window(self, handoff_id: int) -> list[dict[str, Any]]:
-        """Mediator texts waiting for the family to reopen the WhatsApp window, oldest first."""
+    def awaiting_window(self, contact_id: int) -> list[dict[str, Any]]:
+        """What waits for the family to write (mediators' texts, the assistant's notices about a
+        handoff), oldest first. Per contact, not per handoff: the window is the family's, and a
+        notice of a closed handoff waits as well."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(messages.c.id, messages.c.text, messages.c.idempotency_key)
-                .where(messages.c.handoff_id == handoff_id, messages.c.status == AWAITING_WINDOW)
+                sa.select(messages.c.id, messages.c.text, messages.c.idempotency_key, messages.c.handoff_id)
+                .where(messages.c.contact_id == contact_id, messages.c.status == AWAITING_WINDOW)
                 .order_by(messages.c.id)
             ).all()
         return [dict(r._mapping) for r in rows]
 
-    def set_message_status(self, message_ids: Iterable[int], status: str) -> None:
+    def take_awaiting(self, contact_id: int) -> list[dict[str, Any]]:
+        """The waiting messages (``awaiting_window``) that *this* call moved to 'queued', oldest first.
+
+        Each move is conditional on the message still waiting, so two processes releasing at
+        once (the family's message in the gateway, a notice written at that moment in the API)
+        take each message once, and it is queued once.
+        """
+        waiting = self.awaiting_window(contact_id)
+        if not waiting:
+            return []  # the common case, on every family message: one indexed read, no write
+        taken = []
+        with self.engine.begin() as conn:
+            for item in waiting:
+                moved = conn.execute(
+                    messages.update().where(messages.c.id == item["id"], messages.c.status == AWAITING_WINDOW).values(status="queued", updated_at=_now())
+                ).rowcount
+                if moved:
+                    taken.append(item)
+        return taken
+
+    def wait_again(self, message_ids: Iterable[int]) -> None:
+        """Taken messages that could not be queued (Redis down) wait again for the next release."""
         ids = list(message_ids)
         if ids:
             with self.engine.begin() as conn:
-                conn.execute(messages.update().where(messages.c.id.in_(ids)).values(status=status, updated_at=_now()))
+                conn.execute(messages.update().where(messages.c.id.in_(ids), messages.c.status == "queued").values(status=AWAITING_WINDOW, updated_at=_now()))
 
     def transcript(self, contact_id: int, limit: int = 500) -> list[dict[str, Any]]:
         """The contact's messages (the bot's and the mediators' included) with each author's name."""
