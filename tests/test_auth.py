@@ -249,8 +249,9 @@ def test_the_cookie_is_secure_behind_https(tmp_path):
 
 
 def test_the_html_login_form_signs_in_and_redirects(web, people):
+    assert "Password" in web.client.get("/console/login", headers={"Accept-Language": "en"}).text
     page = web.client.get("/console/login", params={"next": "/console/mediation"})
-    assert page.status_code == 200 and "Mot de passe" in page.text and "Password" in page.text
+    assert page.status_code == 200 and "Mot de passe" in page.text and '<html lang="fr" dir="ltr">' in page.text
     assert "<script" not in page.text and "http" not in page.text.split("<body>")[1]  # no external asset
     form_token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     response = web.client.post(
@@ -268,11 +269,17 @@ def test_the_login_form_refuses_a_post_from_another_site_and_open_redirects(web,
     response = stranger.post("/console/login", data={"username": "olivia", "password": PASSWORD, "csrf_token": "forged"})
     assert response.status_code == 403 and "expiré" in response.text
     assert stranger.get("/api/auth/me").status_code == 401
-    # A wrong password re-shows the form with the error, in French and English.
+    # A wrong password re-shows the form with the error, in the console's language (French by
+    # default; the other five: tests/test_console_languages.py).
     page = web.client.get("/console/login")
     form_token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     wrong = web.client.post("/console/login", data={"username": "olivia", "password": "nope nope nope", "csrf_token": form_token})
-    assert wrong.status_code == 401 and "Identifiant ou mot de passe incorrect" in wrong.text and "Wrong username or password" in wrong.text
+    assert wrong.status_code == 401 and "Identifiant ou mot de passe incorrect" in wrong.text
+    form_token = re.search(r'name="csrf_token" value="([^"]+)"', wrong.text).group(1)
+    english = web.client.post(
+        "/console/login", data={"username": "olivia", "password": "nope nope nope", "csrf_token": form_token}, headers={"Accept-Language": "en-GB"}
+    )
+    assert english.status_code == 401 and "Wrong username or password" in english.text
     # next= never leads off the site.
     for target in ("//evil.example/", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
         page = web.client.get("/console/login", params={"next": target})

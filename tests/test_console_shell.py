@@ -37,7 +37,7 @@ def test_placeholders_are_the_same_in_every_language():
 def test_the_page_skeleton_carries_the_texts_as_data_and_no_inline_script(language):
     page = render_page(language=language, title_key="mediation.title", page="mediation", scripts=["mediation.js"])
     assert page.startswith("<!doctype html>")
-    assert f'<html lang="{language}">' in page
+    assert f'<html lang="{language}" dir="ltr">' in page
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, flags=re.S)
     # One data block (not executed, so the CSP allows it) and external files only.
     inline = [(attrs, body) for attrs, body in scripts if body.strip()]

@@ -1,9 +1,12 @@
 """The consoles' interface texts, one YAML file per language in content/console/.
 
-French is the default (the mediators' working language in most countries Jisr covers);
-English is complete too. A person picks another language with the switch in the nav bar
-(a cookie); every key must exist in every file (tests/test_console_shell.py checks), so a
-missing text is a failing test, not a blank button.
+Six languages, as the mediators and operators work in them: French (the default: the working
+language in most countries Jisr covers), English, Spanish, Italian, German and Arabic (written
+right to left: the page gets dir="rtl" and the CSS uses logical properties, so it mirrors).
+A page's language is ?lang= (a link), else the nav bar's switch (a cookie), else the browser's
+Accept-Language when it names one of these, else French (``choose_language``). Every key must
+exist in every file with the same {placeholders} (tests/test_console_shell.py and
+tests/test_console_languages.py check), so a missing text is a failing test, not a blank button.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from jisr.paths import CONTENT_DIR
 CATALOG_DIR = CONTENT_DIR / "console"
 DEFAULT_LANGUAGE = "fr"
 LANGUAGE_COOKIE = "jisr_console_lang"
+# The nav bar's order: French first, Arabic last (its name reads right to left). A file added
+# to content/console/ without a place here comes after these, by code.
+LANGUAGE_ORDER = ("fr", "en", "es", "it", "de", "ar")
+RIGHT_TO_LEFT = frozenset({"ar"})
+# A browser set to Moroccan Darija (ary) gets the Arabic console, as a family writing Darija
+# gets the Arabic replies.
+ALIASES = {"ary": "ar"}
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -47,13 +57,57 @@ def catalogs() -> dict[str, dict[str, str]]:
 
 
 def languages() -> tuple[str, ...]:
-    return tuple(catalogs())
+    """The consoles' languages in the nav bar's order."""
+    rank = {code: index for index, code in enumerate(LANGUAGE_ORDER)}
+    return tuple(sorted(catalogs(), key=lambda code: (rank.get(code, len(rank)), code)))
+
+
+def direction(language: str) -> str:
+    """The page's dir attribute: "rtl" for Arabic, else "ltr"."""
+    return "rtl" if pick_language(language) in RIGHT_TO_LEFT else "ltr"
+
+
+def supported(requested: Optional[str]) -> Optional[str]:
+    """The consoles' code for a language tag ("es", "ES", "es-ES", "ary"), or None if they do
+    not have it."""
+    code = (requested or "").strip().lower().replace("_", "-").split("-")[0]
+    code = ALIASES.get(code, code)
+    return code if code in catalogs() else None
 
 
 def pick_language(requested: Optional[str]) -> str:
     """The requested language if the consoles have it, else French."""
-    code = (requested or "").strip().lower()
-    return code if code in catalogs() else DEFAULT_LANGUAGE
+    return supported(requested) or DEFAULT_LANGUAGE
+
+
+def from_accept_language(header: Optional[str]) -> Optional[str]:
+    """The browser's most wanted language that the consoles have, or None.
+
+    "de-CH, fr;q=0.8, *;q=0.1" → "de". Tags are ranked by their q weight (1 when absent; the
+    header's order breaks ties); q=0 means "not this one"; "*" names nothing in particular.
+    A malformed part is skipped, never an error: the header is the browser's, not the person's.
+    """
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate((header or "")[:1000].split(",")):
+        tag, *params = (piece.strip() for piece in part.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = -1.0
+        code = supported(tag) if tag and tag != "*" else None
+        if code and weight > 0:
+            ranked.append((-weight, position, code))
+    return min(ranked)[2] if ranked else None
+
+
+def choose_language(query: Optional[str], cookie: Optional[str], accept_language: Optional[str]) -> str:
+    """A page's language: ?lang= (a link), then the nav bar's cookie, then the browser's
+    Accept-Language, each only when the consoles have it; else French."""
+    return supported(query) or supported(cookie) or from_accept_language(accept_language) or DEFAULT_LANGUAGE
 
 
 def texts(language: str) -> dict[str, str]:

@@ -66,8 +66,22 @@ def static_url(name: str) -> str:
 
 
 def request_language(request: Request) -> str:
-    """The console language: ?lang= (a link), then the nav bar's cookie, then French."""
-    return catalog.pick_language(request.query_params.get("lang") or request.cookies.get(catalog.LANGUAGE_COOKIE))
+    """The console language: ?lang= (a link), then the nav bar's cookie, then the browser's
+    Accept-Language, then French (jisr.console.catalog.choose_language)."""
+    return catalog.choose_language(
+        request.query_params.get("lang"), request.cookies.get(catalog.LANGUAGE_COOKIE), request.headers.get("accept-language")
+    )
+
+
+def language_options(language: str) -> str:
+    """The nav bar's <option>s: each language by its own name ("Español", "العربية"), so a
+    person finds theirs whatever the page's language."""
+    books = catalog.catalogs()
+    return "".join(
+        f'<option value="{html.escape(code)}" lang="{html.escape(code)}"{" selected" if code == language else ""}>'
+        f'{html.escape(books[code]["shell.language_name"])}</option>'
+        for code in catalog.languages()
+    )
 
 
 def _json_for_html(data: object) -> str:
@@ -80,17 +94,15 @@ def render_page(*, language: str, title_key: str, page: str, scripts: Iterable[s
     """The page's HTML. Every dynamic value is escaped; ``page`` names the body's data-page
     (a page script can check it), ``scripts``/``styles`` are file names under static/,
     ``notice`` a text shown in <main> (a page without script: access denied)."""
+    language = catalog.pick_language(language)
     texts = catalog.texts(language)
     title = texts.get(title_key, title_key)
     style_links = "".join(f'<link rel="stylesheet" href="{html.escape(static_url(s))}">' for s in ("console.css", *styles))
     script_tags = "".join(f'<script src="{html.escape(static_url(s))}" defer></script>' for s in ("shell.js", *scripts))
-    options = "".join(
-        f'<option value="{html.escape(code)}"{" selected" if code == language else ""}>{html.escape(code.upper())}</option>' for code in catalog.languages()
-    )
     notice_html = f'<p class="denied" role="alert">{html.escape(notice)}</p>' if notice else ""
     return (
         "<!doctype html>"
-        f'<html lang="{html.escape(language)}">'
+        f'<html lang="{html.escape(language)}" dir="{catalog.direction(language)}">'
         "<head>"
         '<meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -105,7 +117,7 @@ def render_page(*, language: str, title_key: str, page: str, scripts: Iterable[s
         f'<span class="nav-title">{html.escape(title)}</span>'
         '<span class="nav-account" id="nav-account"></span>'
         f'<label class="nav-lang"><span class="sr-only">{html.escape(texts["shell.language"])}</span>'
-        f'<select id="nav-lang">{options}</select></label>'
+        f'<select id="nav-lang">{language_options(language)}</select></label>'
         f'<button type="button" id="logout" class="btn btn-quiet" hidden>{html.escape(texts["shell.logout"])}</button>'
         "</header>"
         '<div id="flash" class="flash" role="status" aria-live="polite"></div>'

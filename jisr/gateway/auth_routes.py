@@ -1,7 +1,7 @@
 """Signing in and out of the consoles, and the admins' API for accounts and their API tokens.
 
-- GET/POST /console/login: a small HTML form (French, English below) for phones; no script,
-  no external asset. POST /console/logout ends the session.
+- GET/POST /console/login: a small HTML form for phones, in the console's language
+  (jisr.console.login; ?lang=, cookie, Accept-Language); no script, no external asset. POST /console/logout ends the session.
 - GET /api/auth/me: who is signed in, and the CSRF token pages send back as X-CSRF-Token.
 - POST /api/auth/login and /api/auth/logout: the same for scripts and tests (JSON).
 - /api/accounts and /api/accounts/{id}/tokens: admins only; /api/audit: the audit log, admins.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import html
 import hmac
 import secrets
 from typing import Annotated, Any, Optional
@@ -28,6 +27,9 @@ from jisr.auth.passwords import PasswordError
 from jisr.auth.service import AuthService, LoginRefused, SignedIn
 from jisr.auth.sessions import COOKIE
 from jisr.auth.store import AccountError, AccountExists, NoSuchAccount
+from jisr.console import catalog
+from jisr.console.login import render_login
+from jisr.console.shell import request_language
 
 CONSOLE_HOME = "/console"
 # The login form's own CSRF token (double submit: a cookie and a hidden field that must agree),
@@ -169,60 +171,12 @@ async def _target_account(auth: AuthService, account_id: int) -> Account:
 
 # --- The login page -------------------------------------------------------------------------
 
-_PAGE = """<!doctype html>
-<html lang="fr">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>Jisr — Connexion / Sign in</title>
-<style>
-  * {{ box-sizing: border-box; }}
-  body {{ margin:0; font:16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans Arabic", sans-serif; color:#1d2433; background:#fafbfc; }}
-  header {{ padding:.7rem 1rem; background:#1f6f5c; color:#fff; font-weight:600; }}
-  main {{ max-width:26rem; margin:1.5rem auto; padding:0 1rem; }}
-  label {{ display:block; margin:.9rem 0 .25rem; font-weight:600; }}
-  label small, p small {{ display:block; font-weight:400; color:#5b6675; }}
-  input {{ width:100%; padding:.65rem .8rem; border:1px solid #c9d2dc; border-radius:8px; font-size:16px; }}
-  button {{ width:100%; margin-top:1.2rem; padding:.75rem; border:0; border-radius:8px; background:#1f6f5c; color:#fff; font-size:1rem; font-weight:600; }}
-  .error {{ margin:1rem 0 0; padding:.6rem .8rem; border-radius:8px; background:#fdecea; color:#8a1c12; }}
-</style>
-</head>
-<body>
-<header>Jisr — جسر · Console</header>
-<main>
-<h1>Connexion <small style="font-weight:400;color:#5b6675">/ Sign in</small></h1>
-{error}
-<form method="post" action="/console/login" autocomplete="on">
-  <input type="hidden" name="csrf_token" value="{csrf}">
-  <input type="hidden" name="next" value="{next}">
-  <label for="username">Identifiant<small>Username</small></label>
-  <input id="username" name="username" autocomplete="username" autocapitalize="none" spellcheck="false" required maxlength="64" value="{username}">
-  <label for="password">Mot de passe<small>Password</small></label>
-  <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="1024">
-  <button type="submit">Se connecter · Sign in</button>
-</form>
-</main>
-</body>
-</html>
-"""
-
-_ERRORS = {
-    401: ("Identifiant ou mot de passe incorrect.", "Wrong username or password."),
-    403: ("La page a expiré : réessayez.", "This page expired: please try again."),
-    429: ("Trop de tentatives : réessayez dans {s} s.", "Too many attempts: try again in {s} s."),
-}
-
-
 def _login_page(
-    secure: bool, status: int = 200, next_path: str = CONSOLE_HOME, username: str = "", retry_after: Optional[int] = None
+    request: Request, secure: bool, status: int = 200, next_path: str = CONSOLE_HOME, username: str = "", retry_after: Optional[int] = None
 ) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    error = ""
-    if status in _ERRORS:
-        fr, en = (text.format(s=retry_after or "") for text in _ERRORS[status])
-        error = f'<p class="error" role="alert">{html.escape(fr)}<small>{html.escape(en)}</small></p>'
-    page = _PAGE.format(error=error, csrf=token, next=html.escape(next_path), username=html.escape(username[:64]))
+    language = request_language(request)
+    page = render_login(language=language, csrf=token, next_path=next_path, username=username, status=status, retry_after=retry_after)
     headers = {
         "Cache-Control": "no-store",
         "X-Frame-Options": "DENY",
@@ -234,12 +188,15 @@ def _login_page(
         headers["Retry-After"] = str(retry_after)
     response = HTMLResponse(page, status_code=status, headers=headers)
     response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path="/console/login", httponly=True, secure=secure, samesite="strict")
+    if catalog.supported(request.query_params.get("lang")):
+        # A language picked on this page (its links) stays for the console, as the nav bar's switch does.
+        response.set_cookie(catalog.LANGUAGE_COOKIE, language, max_age=365 * 24 * 3600, path="/console", secure=secure, samesite="lax")
     return response
 
 
 @router.get("/console/login", response_class=HTMLResponse, summary="The sign-in page")
-async def login_page(auth: AuthDep, next: Annotated[Optional[str], Query(max_length=500)] = None) -> HTMLResponse:  # noqa: A002
-    return _login_page(auth.secure_cookies, next_path=_safe_next(next))
+async def login_page(request: Request, auth: AuthDep, next: Annotated[Optional[str], Query(max_length=500)] = None) -> HTMLResponse:  # noqa: A002
+    return _login_page(request, auth.secure_cookies, next_path=_safe_next(next))
 
 
 @router.post("/console/login", response_class=HTMLResponse, summary="Sign in from the form; a session cookie, then the console")
@@ -250,11 +207,11 @@ async def login_form(request: Request, auth: AuthDep) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE, "")
     given = form.get("csrf_token", "")
     if not expected or not hmac.compare_digest(expected.encode("utf-8", "surrogateescape"), given.encode("utf-8", "surrogateescape")):
-        return _login_page(auth.secure_cookies, 403, next_path, username)
+        return _login_page(request, auth.secure_cookies, 403, next_path, username)
     try:
         signed_in = await auth.login(username, form.get("password", ""), client_address(request))
     except LoginRefused as refused:
-        return _login_page(auth.secure_cookies, refused.status, next_path, username, refused.retry_after)
+        return _login_page(request, auth.secure_cookies, refused.status, next_path, username, refused.retry_after)
     await _end_previous_session(request, auth)
     response = RedirectResponse(next_path, status_code=303)
     _set_session_cookie(response, auth, signed_in)

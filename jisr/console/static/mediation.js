@@ -341,7 +341,7 @@
     conv.window.className = 'window window-' + kind;
     conv.window.dataset.form = form;
     clear(conv.window);
-    conv.window.append(el('strong', { text: t('mediation.window.title') + ' : ' }), t('mediation.window.' + kind));
+    conv.window.append(el('strong', { text: t('mediation.window.title') }), ' ', t('mediation.window.' + kind));
     if (detail.window && detail.window.closes_at && kind !== 'closed') conv.window.append(' ', t('mediation.window.closes_at', { time: time(detail.window.closes_at) }));
     const why = refusal || (detail.window && detail.window.reason);
     if (why) conv.window.append(el('span', { className: 'window-refusal', id: 'reply-refused', text: ' — ' + why }));

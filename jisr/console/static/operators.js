@@ -543,9 +543,9 @@
       const pages = Math.ceil(data.total / data.page_size);
       if (pages > 1) {
         results.appendChild(el('div', { className: 'actions' },
-          el('button', { type: 'button', className: 'btn btn-quiet', text: '←', disabled: page <= 1, on: { click: () => { page -= 1; search(); } } }),
+          el('button', { type: 'button', className: 'btn btn-quiet mirror-rtl', text: '←', disabled: page <= 1, on: { click: () => { page -= 1; search(); } } }),
           el('span', { className: 'muted', text: t('operators.contacts.page', { page, pages }) }),
-          el('button', { type: 'button', className: 'btn btn-quiet', text: '→', disabled: page >= pages, on: { click: () => { page += 1; search(); } } })));
+          el('button', { type: 'button', className: 'btn btn-quiet mirror-rtl', text: '→', disabled: page >= pages, on: { click: () => { page += 1; search(); } } })));
       }
     }
 

@@ -10,6 +10,9 @@
   const textsNode = document.getElementById('jisr-texts');
   const TEXTS = textsNode ? JSON.parse(textsNode.textContent) : {};
   const LANGUAGE = document.documentElement.lang || 'fr';
+  // Dates in the page's language; Arabic with Latin digits, as written in the Maghreb (and as
+  // the phone numbers and counts around them are).
+  const DATE_LOCALE = LANGUAGE === 'ar' ? 'ar-u-nu-latn' : LANGUAGE;
   const LANGUAGE_COOKIE = 'jisr_console_lang';
   const SAFE_URL = /^(https?:\/\/|mailto:|\/(?!\/)|#|\?)/i;
 
@@ -178,7 +181,7 @@
     if (isNaN(date.getTime())) return String(iso);
     const sameDay = date.toDateString() === new Date().toDateString();
     const options = sameDay ? { hour: '2-digit', minute: '2-digit' } : { day: '2-digit', month: '2-digit', hour: '2-digit', minute: '2-digit' };
-    return date.toLocaleString(LANGUAGE, options);
+    return date.toLocaleString(DATE_LOCALE, options);
   }
 
   function uid() {
