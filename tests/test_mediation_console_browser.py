@@ -100,8 +100,9 @@ def open_console(browser, stack) -> Iterator[Callable[..., Any]]:
     returns the page, on the mediators' console (or wherever ``next`` leads)."""
     contexts: list[Any] = []
 
-    def sign_in(person: Person, next_path: str = "/console/mediation", width: int = 360, lands_on: str = "") -> Any:
-        context = browser.new_context(viewport={"width": width, "height": 780}, locale="fr-FR")
+    def sign_in(person: Person, next_path: str = "/console/mediation", width: int = 360, lands_on: str = "", locale: str = "fr-FR") -> Any:
+        # The browser's locale is its Accept-Language: the console's language when none was chosen.
+        context = browser.new_context(viewport={"width": width, "height": 780}, locale=locale)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
@@ -113,6 +114,7 @@ def open_console(browser, stack) -> Iterator[Callable[..., Any]]:
         page.csp_refusals = []  # type: ignore[attr-defined]
         page.on("console", lambda message: page.csp_refusals.append(message.text) if "Content Security Policy" in message.text else None)
         page.goto(f"{stack['gateway']}/console/login?next={next_path}")
+        page.login_language = page.evaluate("[document.documentElement.lang, document.documentElement.dir, document.querySelector('h1').textContent]")  # type: ignore[attr-defined]
         page.locator("#username").fill(person.username)
         page.locator("#password").fill(PASSWORD)
         page.locator("button[type=submit]").click()
@@ -311,8 +313,18 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
 
 def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_and_back(stack, people, open_console, replies, tmp_path):
     mediator = people["ar"]
-    page = open_console(mediator)
+    # A browser set to Moroccan Arabic: the sign-in page and the console are in Arabic, right to left.
+    page = open_console(mediator, locale="ar-MA")
+    assert page.login_language == ["ar", "rtl", "تسجيل الدخول"]
+    assert page.evaluate("[document.documentElement.lang, document.documentElement.dir]") == ["ar", "rtl"]
     _live(page)
+    assert page.locator(".list-head h2").inner_text() == "المحادثات المفتوحة"
+    assert page.locator("#live").inner_text() == "مباشر"
+    # Mirrored: the brand at the right edge, the account and logout towards the left; nothing wider than the phone.
+    brand, logout = page.locator(".nav .brand").bounding_box(), page.locator("#logout").bounding_box()
+    assert brand["x"] + brand["width"] > 300 and logout["x"] < brand["x"]
+    assert page.locator("#logout").inner_text() == "تسجيل الخروج"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
     _mark_page(page)
     chat_id = _chat_id()
     address = f"telegram:{chat_id}"
@@ -327,10 +339,16 @@ def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_a
     assert (handoff["country"], handoff["language"]) == ("DZ", "ar")
 
     _item(page, handoff["id"]).wait_for()
+    assert "تطلب وسيطاً" in _item(page, handoff["id"]).inner_text()
     _open_conversation(page, handoff["id"])
     family = page.locator("#transcript .msg-family .msg-text").last
     assert family.inner_text() == "أريد التحدث مع شخص"
     assert family.evaluate("node => getComputedStyle(node).direction") == "rtl"
+    # The family's bubbles on the right (where a right-to-left reader starts), the bot's on the left.
+    transcript = page.locator("#transcript").bounding_box()
+    bubble = page.locator("#transcript .msg-family").last.bounding_box()
+    assert bubble["x"] + bubble["width"] > transcript["x"] + transcript["width"] - 20
+    assert page.locator("#claim").inner_text() == "تولّي المحادثة"
 
     reply = "وعليكم السلام، أنا يوسف، وسيط مدرسي. كيف يمكنني مساعدتكم؟"
     before = len(sent())
@@ -338,6 +356,13 @@ def test_an_arabic_family_on_telegram_is_handed_to_an_arabic_speaking_mediator_a
     assert reply in _wait_sent(sent, before, contains=reply)[before:]
     mine = page.locator("#transcript .msg-mediator .msg-text").last
     assert mine.evaluate("node => getComputedStyle(node).direction") == "rtl"
+    assert page.locator("#reply-send").inner_text() == "إرسال"
+    # Quick replies in the family's language (Arabic here), under the console's Arabic heading.
+    page.wait_for_selector("#quick-box:not([hidden])")
+    assert page.locator("#quick-box summary").inner_text().startswith("ردود جاهزة (")
+    page.locator("#quick-box summary").click()
+    assert page.locator("#quick-replies button").first.inner_text().startswith("السلام عليكم")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
     page.screenshot(path=str(tmp_path / "mediation-arabic-phone.png"), full_page=True)
 
     before = len(sent())
