@@ -9,15 +9,36 @@ from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 from actions.base import JisrAction
+from actions.profile import _metadata
+from jisr.topics import SUBSCRIPTION_TOPICS, stop_topics, unsubscribed_topics
 
 
 class ActionOptOut(JisrAction):
+    """A STOP stops every reminder; a STOP naming topics only those, and says which continue.
+
+    The gateway records it (jisr/consent.py) and passes what the family receives now in the
+    message's hints (``topics``, ``consent``); without them (`jisr ask`) a subscribed family
+    that never chose topics is assumed, which receives them all."""
+
     def name(self) -> Text:
         return "action_opt_out"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[Dict[Text, Any]]:
-        self.say(dispatcher, tracker, "opt_out_confirm")
-        return [SlotSet("subscribed", False)] + self.turn_done()
+        named = unsubscribed_topics(tracker.latest_message.get("text") or "")
+        hints = _metadata(tracker)
+        if not named or hints.get("consent", "opted_in") != "opted_in":
+            # Global, or nothing reaches the family anyway: no reminders at all is the truth.
+            self.say(dispatcher, tracker, "opt_out_confirm")
+            return [SlotSet("subscribed", False)] + self.turn_done()
+        held = hints.get("topics") if isinstance(hints.get("topics"), list) else SUBSCRIPTION_TOPICS
+        change = stop_topics(held, named)
+        names = self.replies.raw("topic_names", self.language(tracker))
+        listed = {
+            "stopped": "\n".join(f"• {names.get(t, t)}" for t in change.stopped),
+            "kept": "\n".join(f"• {names.get(t, t)}" for t in change.kept),
+        }
+        self.say(dispatcher, tracker, "opt_out_topics_confirm" if change.kept else "opt_out_topics_confirm_none_left", **listed)
+        return self.turn_done()
 
 
 class ActionOptIn(JisrAction):

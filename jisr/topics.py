@@ -6,12 +6,18 @@ the assistant's opt_in intent records the consent, and the topics *named in that
 found here by keywords, in the six language forms; a message naming none ("abonnez-moi",
 "اشترك") subscribes to every topic, which is what a family asking for "the reminders" means.
 Imports carry a ``topics`` column (``exams;orientation``).
+
+A family stops one kind of reminder the same way: an opt-out that names topics ("je ne veux plus
+les rappels des examens", "bghit nwa9ef tfakir dyal l'imtihanat") stops only those, and the
+others go on; an opt-out naming none ("STOP") is the global opt-out (jisr/consent.py).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
 
 SUBSCRIPTION_TOPICS = ("school_start", "exams", "deadlines", "orientation", "programmes", "tutoring")
 
@@ -41,25 +47,65 @@ def _fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
-_PATTERNS = {
-    topic: re.compile(r"(?<![\w])(?:" + "|".join(re.escape(_fold(k)) for k in words) + r")", re.UNICODE)
-    for topic, words in _KEYWORDS.items()
-}
+# Words that name the registration deadlines in a request for reminders, but the subscription
+# itself in a request to stop: "annuler mon inscription", "إلغاء التسجيل", "cancelar mi
+# inscripción" stop everything. Reading such a stop as "only the deadline reminders" would keep
+# messaging a family that asked for none; the other way round a family loses reminders it can
+# ask for again (START), and is told so.
+_SUBSCRIPTION_WORDS = frozenset({"inscription", "inscripcion", "iscrizion", "anmeldung", "tasjil", "تسجيل", "التسجيل"})
 
 
-def topics_in(text: str) -> tuple[str, ...]:
-    """The topics a message names, in SUBSCRIPTION_TOPICS order (none: an empty tuple).
+def _patterns(words: dict[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]:
+    return {
+        topic: re.compile(r"(?<![\w])(?:" + "|".join(re.escape(_fold(k)) for k in keys) + r")", re.UNICODE)
+        for topic, keys in words.items()
+        if keys
+    }
 
-    "l'" and Arabic "ال"/"و" prefixes are words of their own here, so "l'imtihanat" and
+
+_PATTERNS = _patterns(_KEYWORDS)
+_STOP_PATTERNS = _patterns({topic: tuple(k for k in words if k not in _SUBSCRIPTION_WORDS) for topic, words in _KEYWORDS.items()})
+
+
+def _named(text: str, patterns: dict[str, re.Pattern[str]]) -> tuple[str, ...]:
+    """"l'" and Arabic "ال"/"و" prefixes are words of their own here, so "l'imtihanat" and
     "والتوجيه" are found."""
     folded = _fold(text).replace("'", " ").replace("’", " ")
     folded = re.sub(r"(?<![\w])و?ال", " ال", folded)  # "والتوجيه" → " التوجيه", keeping the ال the keywords may start with
-    return tuple(topic for topic in SUBSCRIPTION_TOPICS if _PATTERNS[topic].search(folded) or _PATTERNS[topic].search(folded.replace(" ال", " ")))
+    bare = folded.replace(" ال", " ")
+    return tuple(t for t in SUBSCRIPTION_TOPICS if t in patterns and (patterns[t].search(folded) or patterns[t].search(bare)))
+
+
+def topics_in(text: str) -> tuple[str, ...]:
+    """The topics a message names, in SUBSCRIPTION_TOPICS order (none: an empty tuple)."""
+    return _named(text, _PATTERNS)
 
 
 def subscribed_topics(text: str) -> tuple[str, ...]:
     """What an opt-in message subscribes to: the topics it names, or every topic when it names none."""
     return topics_in(text) or SUBSCRIPTION_TOPICS
+
+
+def unsubscribed_topics(text: str) -> tuple[str, ...]:
+    """What an opt-out message stops: the topics it names (registration words aside, see
+    _SUBSCRIPTION_WORDS); none means every reminder, the global opt-out."""
+    return _named(text, _STOP_PATTERNS)
+
+
+@dataclass(frozen=True)
+class TopicStop:
+    """What stopping some topics does to a family's reminders (both in SUBSCRIPTION_TOPICS order)."""
+
+    stopped: tuple[str, ...]   # the topics the message named
+    kept: tuple[str, ...]      # the topics whose reminders continue
+
+
+def stop_topics(held: Iterable[str], named: Iterable[str]) -> TopicStop:
+    """The topics ``named`` stop out of those ``held``: one rule for what is recorded
+    (ContactStore.stop_topics) and what the family is told (actions/subscription.py)."""
+    named_set, held_set = set(named), set(held)
+    stopped = tuple(t for t in SUBSCRIPTION_TOPICS if t in named_set)
+    return TopicStop(stopped, tuple(t for t in SUBSCRIPTION_TOPICS if t in held_set and t not in named_set))
 
 
 def parse_topics(value: str) -> tuple[tuple[str, ...], list[str]]:

@@ -274,9 +274,9 @@ def test_export_then_import_round_trips(store, tmp_path):
     out = io.StringIO()
     assert export_csv(store, out) == 5
     lines = out.getvalue().splitlines()
-    assert lines[0] == HEADER + ",consent_changed_at"
+    assert lines[0] == HEADER + ",consent_changed_at,topics"
     assert lines[1].startswith("whatsapp,+33612345678,fr,FR,,parent,primary,Europe/Paris,opted_in,20")
-    assert lines[5] == "telegram,555,,,,,,,unknown,"
+    assert lines[5] == "telegram,555,,,,,,,unknown,,"
 
     other = ContactStore(create_db_engine(f"sqlite:///{tmp_path / 'other.db'}"))
     report = import_csv(other, write(tmp_path, out.getvalue(), "export.csv"), "restored from the export of the first server")
@@ -369,7 +369,7 @@ def test_cli_exit_codes_and_reports(tmp_path):
 
     exported = run_cli(tmp_path, "contacts", "export")
     assert exported.returncode == 0, exported.stderr
-    assert exported.stdout.splitlines()[0] == HEADER + ",consent_changed_at" and len(exported.stdout.splitlines()) == 7
+    assert exported.stdout.splitlines()[0] == HEADER + ",consent_changed_at,topics" and len(exported.stdout.splitlines()) == 7
     target = tmp_path / "out.csv"
     to_file = run_cli(tmp_path, "contacts", "export", "--output", str(target))
     assert to_file.returncode == 0 and "6 contacts exported" in to_file.stderr

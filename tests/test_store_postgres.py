@@ -35,7 +35,7 @@ telegram,123456789,ary,,ES-CT,student,lower_secondary,europe/madrid,non
 messenger,2345678901234567,de,DE,DE-BY,parent,,,opted_in
 whatsapp,whatsapp:+4915112345678,,,,,,,no
 """
-TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes", "suppressed_addresses", "contact_topics"}
+TABLES = {"schema_version", "contacts", "messages", "consent_events", "campaign_runs", "campaign_sends", "accounts", "api_tokens", "audit_log", "handoffs", "handoff_notes", "suppressed_addresses", "contact_topics", "contact_topic_stops"}
 INDEXES = {
     "contacts": {"ix_contacts_profile_id"},
     "messages": {"ix_messages_contact_id", "ix_messages_provider_message_id", "ix_messages_contact_created"},
@@ -388,10 +388,10 @@ def test_csv_export_then_import_round_trips_between_backends(store, other_url, e
     out = io.StringIO()
     assert export_csv(store, out) == 5
     lines = out.getvalue().splitlines()
-    assert lines[0] == HEADER + ",consent_changed_at"
+    assert lines[0] == HEADER + ",consent_changed_at,topics"
     changed_at = max(e["at"] for e in rows(store.engine, schema.consent_events)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert lines[1] == f"whatsapp,+33612345678,fr,FR,,parent,primary,Europe/Paris,opted_in,{changed_at}"
-    assert lines[5] == "telegram,555,,,,,,,unknown,"
+    assert lines[1] == f"whatsapp,+33612345678,fr,FR,,parent,primary,Europe/Paris,opted_in,{changed_at},"
+    assert lines[5] == "telegram,555,,,,,,,unknown,,"
     for row in store.export_rows():
         if row["consent_changed_at"] is not None:
             assert_utc(row["consent_changed_at"])
@@ -446,3 +446,22 @@ def test_the_database_refuses_a_second_open_handoff_for_a_contact(store):
     with store.engine.connect() as conn:
         statuses = sorted(conn.execute(sa.select(schema.handoffs.c.status).where(schema.handoffs.c.contact_id == contact.id)).scalars())
     assert statuses == ["handed_back", "resolved", "waiting"]
+
+
+def test_stopping_one_topic_keeps_the_others_on_both_backends(store):
+    """Migration 11 and ContactStore.stop_topics: a subscribed contact that never chose topics
+    keeps every other one; the stop is kept with its channel; the CSV export lists the topics."""
+    contact = store.get_or_create("telegram:4242", "telegram")
+    store.record_consent(contact.id, "opted_in", "conversation", None, "telegram")
+    change = store.stop_topics(contact.id, ("exams",), "conversation", "telegram")
+    assert change.kept == ("school_start", "deadlines", "orientation", "programmes", "tutoring")
+    assert store.topics_of(contact.id) == sorted(change.kept) and store.stopped_topics_of(contact.id) == ["exams"]
+    assert store.get(contact.id).consent == "opted_in"
+    [stop] = rows(store.engine, schema.contact_topic_stops)
+    assert (stop["topic"], stop["source"], stop["channel"]) == ("exams", "conversation", "telegram")
+    assert_utc(stop["at"])
+    store.subscribe_topics(contact.id, ("exams",), "import")
+    assert "exams" not in store.topics_of(contact.id), "a list does not undo the family's stop"
+    out = io.StringIO()
+    export_csv(store, out)
+    assert out.getvalue().splitlines()[1].endswith(",school_start;deadlines;orientation;programmes;tutoring")

@@ -20,11 +20,13 @@ import redis.asyncio as aioredis
 from connectors.types import InboundEvent, InboundMessage, MediaKind, StatusUpdate
 from jisr import keys
 from jisr.assistant.runtime import FALLBACK_INTENT, Assistant, Reply, Turn
+from jisr.consent import record_opt_in, record_opt_out
 from jisr.content import ReplyBook, default_reply_book
 from jisr.outbox import Outbox, SendJob, reply_key
 from jisr.privacy.disclosure import needs_disclosure, with_disclosure
 from jisr.privacy.pseudonym import address_hash  # noqa: F401  (re-exported: it lived here)
 from jisr.store.contacts import PROFILE_FIELDS, Contact, ContactStore
+from jisr.topics import unsubscribed_topics
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,11 @@ class Gateway:
         hints: dict[str, Any] = await asyncio.to_thread(self.store.shared_profile, contact)
         if not contact.language and message.language_hint:
             hints.setdefault("language", message.language_hint.split("-")[0])
+        if unsubscribed_topics(message.text or ""):
+            # Should this be a "stop the exam reminders", the assistant says which reminders
+            # continue (actions/subscription.py): it needs what the family receives now.
+            hints["consent"] = contact.consent
+            hints["topics"] = list(await asyncio.to_thread(self.store.reminder_topics, contact.id))
         turn = await self.assistant.handle(contact.address, text, hints)
         # A fallback is logged as the fallback marker, not as the guessed intent: the indicators
         # count these as questions the assistant could not answer (jisr/indicators.py).
@@ -167,15 +174,10 @@ class Gateway:
         if any(learned.values()):
             await asyncio.to_thread(self.store.update_profile, contact.id, **learned)
         if turn.intent in CONSENT_OF_INTENT and not turn.fell_back:
-            # Consent lives in Jisr's own store, whatever the channel offers: a STOP here stops campaigns at once.
-            await asyncio.to_thread(
-                self.store.record_consent, contact.id, CONSENT_OF_INTENT[turn.intent], "conversation", None, message.channel.value
-            )
-            if turn.intent == "opt_in":
-                # The reminders asked for: the topics the message names, or all (jisr/topics.py).
-                from jisr.topics import subscribed_topics
-
-                await asyncio.to_thread(self.store.subscribe_topics, contact.id, subscribed_topics(message.text or ""), "conversation")
+            # Consent lives in Jisr's own store, whatever the channel offers: a STOP here stops
+            # campaigns at once; a STOP naming topics stops only those (jisr/consent.py).
+            record = record_opt_out if turn.intent == "opt_out" else record_opt_in
+            await asyncio.to_thread(record, self.store, contact.id, message.text or "", message.channel.value)
         replies = list(turn.replies)
         if self.mediation is not None:
             # A request, two messages not understood, or a sensitive situation: hand over to a person.

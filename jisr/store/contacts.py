@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from jisr.store.migrations import migrate
-from jisr.store.schema import campaign_sends, consent_events, contact_topics, contacts, messages
+from jisr.store.schema import campaign_sends, consent_events, contact_topic_stops, contact_topics, contacts, messages
+from jisr.topics import SUBSCRIPTION_TOPICS, TopicStop, stop_topics
 
 # Delivery statuses only move forward: a late "sent" receipt never undoes "read".
 STATUS_ORDER = {"planned": -1, "queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
@@ -256,20 +257,80 @@ class ContactStore:
     # -- subscription topics (jisr/topics.py) ------------------------------------------
 
     def subscribe_topics(self, contact_id: int, topics: Sequence[str], source: str, conn: Optional[Connection] = None) -> list[str]:
-        """Subscribe a contact to ``topics`` (already held ones are kept as they were); the topics added."""
+        """Subscribe a contact to ``topics`` (already held ones are kept as they were); the topics added.
+
+        The family's own request (a conversation, the web form) lifts its earlier stop of those
+        topics; an imported list or an operator does not subscribe it to a topic it stopped."""
         if conn is None:
             with self.engine.begin() as own:
                 return self.subscribe_topics(contact_id, topics, source, own)
-        held = set(conn.execute(sa.select(contact_topics.c.topic).where(contact_topics.c.contact_id == contact_id)).scalars())
-        added = [t for t in dict.fromkeys(topics) if t not in held]
+        wanted = list(dict.fromkeys(topics))
+        stopped = self._stopped_topics(conn, contact_id)
+        if source in SOURCES_NEEDING_BASIS:
+            wanted = [t for t in wanted if t not in stopped]
+        elif stopped & set(wanted):
+            conn.execute(
+                contact_topic_stops.delete().where(contact_topic_stops.c.contact_id == contact_id, contact_topic_stops.c.topic.in_(wanted))
+            )
+        held = self._held_topics(conn, contact_id)
+        added = [t for t in wanted if t not in held]
         if added:
             now = _now()
             conn.execute(contact_topics.insert(), [{"contact_id": contact_id, "topic": t, "source": source, "at": now} for t in added])
         return added
 
+    def stop_topics(self, contact_id: int, topics: Sequence[str], source: str, channel: Optional[str] = None) -> TopicStop:
+        """Stop the reminders of ``topics`` only (the family's "no more exam reminders"); the
+        contact's consent and its other topics stay. A contact that never chose topics but is
+        subscribed gets "all the reminders" (``reminder_topics``): the others are recorded, so
+        they continue. Each stop is kept (topic, source, channel, time), like a consent event."""
+        with self.engine.begin() as conn:
+            consent = conn.execute(sa.select(contacts.c.consent).where(contacts.c.id == contact_id).with_for_update()).scalar()
+            held = self._reminder_topics(conn, contact_id, consent)
+            change = stop_topics(held, topics)
+            if not change.stopped:
+                return change
+            now = _now()
+            conn.execute(contact_topics.delete().where(contact_topics.c.contact_id == contact_id, contact_topics.c.topic.in_(change.stopped)))
+            missing = [t for t in change.kept if t not in self._held_topics(conn, contact_id)]
+            if missing:
+                conn.execute(contact_topics.insert(), [{"contact_id": contact_id, "topic": t, "source": source, "at": now} for t in missing])
+            conn.execute(contact_topic_stops.delete().where(contact_topic_stops.c.contact_id == contact_id, contact_topic_stops.c.topic.in_(change.stopped)))
+            conn.execute(
+                contact_topic_stops.insert(),
+                [{"contact_id": contact_id, "topic": t, "source": source, "channel": channel, "at": now} for t in change.stopped],
+            )
+        return change
+
+    def reminder_topics(self, contact_id: int) -> tuple[str, ...]:
+        """The topics whose reminders the family counts on (SUBSCRIPTION_TOPICS order): those it
+        holds, or every topic for a subscribed contact that never chose any (it asked for "the
+        reminders", or subscribed before topics existed) and never stopped one."""
+        with self.engine.connect() as conn:
+            consent = conn.execute(sa.select(contacts.c.consent).where(contacts.c.id == contact_id)).scalar()
+            return self._reminder_topics(conn, contact_id, consent)
+
+    def _reminder_topics(self, conn: Connection, contact_id: int, consent: Optional[str]) -> tuple[str, ...]:
+        held = self._held_topics(conn, contact_id)
+        if not held and consent == "opted_in" and not self._stopped_topics(conn, contact_id):
+            return SUBSCRIPTION_TOPICS
+        return tuple(t for t in SUBSCRIPTION_TOPICS if t in held)
+
+    @staticmethod
+    def _held_topics(conn: Connection, contact_id: int) -> set[str]:
+        return set(conn.execute(sa.select(contact_topics.c.topic).where(contact_topics.c.contact_id == contact_id)).scalars())
+
+    @staticmethod
+    def _stopped_topics(conn: Connection, contact_id: int) -> set[str]:
+        return set(conn.execute(sa.select(contact_topic_stops.c.topic).where(contact_topic_stops.c.contact_id == contact_id)).scalars())
+
     def topics_of(self, contact_id: int) -> list[str]:
         with self.engine.connect() as conn:
-            return sorted(conn.execute(sa.select(contact_topics.c.topic).where(contact_topics.c.contact_id == contact_id)).scalars())
+            return sorted(self._held_topics(conn, contact_id))
+
+    def stopped_topics_of(self, contact_id: int) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(self._stopped_topics(conn, contact_id))
 
     # -- imported lists ----------------------------------------------------------------
 
@@ -442,7 +503,8 @@ class ContactStore:
         return outcomes
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Every contact reachable by a campaign channel, with the time of its last consent change.
+        """Every contact reachable by a campaign channel, with the time of its last consent change
+        and its subscription topics.
 
         Web chat sessions are left out: no campaign can reach them and an import would refuse them.
         Rows are streamed, so the connection stays open while the caller iterates.
@@ -459,10 +521,23 @@ class ContactStore:
             .order_by(contacts.c.id)
         )
         with self.engine.connect() as conn:
-            for row in conn.execution_options(stream_results=True).execute(query).yield_per(1000):
-                data = dict(row._mapping)
-                data["consent_changed_at"] = _aware(data["consent_changed_at"])
-                yield data
+            for batch in conn.execution_options(stream_results=True).execute(query).partitions(1000):
+                # The batch's topics in one query by id range (rows come in id order), a second
+                # connection so the stream stays open: "exams;orientation", as an import reads it.
+                with self.engine.connect() as side:
+                    topic_rows = side.execute(
+                        sa.select(contact_topics.c.contact_id, contact_topics.c.topic).where(
+                            contact_topics.c.contact_id.between(batch[0].id, batch[-1].id)
+                        )
+                    ).all()
+                held: dict[int, set[str]] = {}
+                for contact_id, topic in topic_rows:
+                    held.setdefault(contact_id, set()).add(topic)
+                for row in batch:
+                    data = dict(row._mapping)
+                    data["consent_changed_at"] = _aware(data["consent_changed_at"])
+                    data["topics"] = [t for t in SUBSCRIPTION_TOPICS if t in held.get(row.id, ())]
+                    yield data
 
     def link(self, contact_ids: list[int]) -> int:
         """Link several channel addresses to one family profile (the smallest id names it)."""

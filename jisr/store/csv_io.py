@@ -35,13 +35,13 @@ logger = logging.getLogger(__name__)
 
 IMPORT_COLUMNS = ("channel", "address", "language", "country", "region", "role", "child_level", "timezone", "consent")
 REQUIRED_COLUMNS = ("channel", "address", "consent")
-EXPORT_COLUMNS = IMPORT_COLUMNS + ("consent_changed_at",)
-# An export can be imported again: its extra column is accepted, and ignored (the import
-# records its own time for the consent changes it makes).
-# "topics" (subscription topics, "exams;orientation": jisr/topics.py) may be imported too; it is
-# not exported here (a contact's topics are in `jisr contacts export ID`'s JSON).
+# "topics" (subscription topics, "exams;orientation": jisr/topics.py) is imported and exported.
 TOPICS_COLUMN = "topics"
-ACCEPTED_COLUMNS = frozenset(EXPORT_COLUMNS) | {TOPICS_COLUMN}
+EXPORT_COLUMNS = IMPORT_COLUMNS + ("consent_changed_at", TOPICS_COLUMN)
+# An export can be imported again: consent_changed_at is accepted, and ignored (the import
+# records its own time for the consent changes it makes); its topics are subscribed again,
+# except those the family itself stopped (ContactStore.subscribe_topics).
+ACCEPTED_COLUMNS = frozenset(EXPORT_COLUMNS)
 
 CHANNELS = ("whatsapp", "telegram", "messenger")
 ROLES = ("parent", "student")
@@ -495,7 +495,7 @@ def _timestamp(value: Optional[dt.datetime]) -> str:
 
 
 def export_csv(store: ContactStore, out: TextIO) -> int:
-    """Write every contact as CSV with the import's columns (+ consent_changed_at); returns the count."""
+    """Write every contact as CSV with the import's columns (+ consent_changed_at, topics); returns the count."""
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
     count = 0
@@ -512,6 +512,7 @@ def export_csv(store: ContactStore, out: TextIO) -> int:
                 row["timezone"] or "",
                 row["consent"],
                 _timestamp(row["consent_changed_at"]),
+                ";".join(row["topics"]),
             ]
         )
         count += 1

@@ -275,6 +275,25 @@ def _v10_one_open_handoff_per_contact(conn: Connection) -> None:
     )
 
 
+
+# Step 11's table, frozen (schema.py holds the live copy): the topics a family stopped.
+_v11_metadata = sa.MetaData()
+sa.Table("contacts", _v11_metadata, sa.Column("id", sa.Integer, primary_key=True))
+_v11_contact_topic_stops = sa.Table(
+    "contact_topic_stops",
+    _v11_metadata,
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("topic", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(16)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _v11_contact_topic_stops_table(conn: Connection) -> None:
+    _v11_contact_topic_stops.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "contacts and message log", _v1_initial),
     (2, "contacts.timezone and the consent history", _v2_timezone_and_consent_events),
@@ -286,6 +305,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "indexes for the indicators: messages by direction and time, opt-outs and handoffs by time", _v8_indicator_indexes),
     (9, "contact_topics: the reminder topics a contact subscribed to", _v9_contact_topics_table),
     (10, "at most one open handoff per contact (partial unique index)", _v10_one_open_handoff_per_contact),
+    (11, "contact_topic_stops: the reminder topics a family asked to stop", _v11_contact_topic_stops_table),
 ]
 
 

@@ -250,3 +250,18 @@ contact_topics = sa.Table(
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
 )
+
+# --- Topics a family stopped (step 11) ----------------------------------------------------------
+# "Stop the exam reminders": the family's own word, kept like a consent event. It tells a contact
+# who stopped every topic it held from one who never chose (no topic rows: "all the reminders"),
+# and an imported list or an operator cannot subscribe the family to that topic again; only the
+# family can (ContactStore.subscribe_topics).
+contact_topic_stops = sa.Table(
+    "contact_topic_stops",
+    metadata,
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("topic", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),       # conversation (a mediator's held conversation too)
+    sa.Column("channel", sa.String(16)),                       # whatsapp | telegram | messenger | webchat
+    sa.Column("at", UtcDateTime(), nullable=False),
+)
