@@ -14,17 +14,18 @@ Nothing here logs a PSID, a message text or the page token.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
-import re
 import unicodedata
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-import httpx
+import aiohttp
 
+from connectors.http import LoopSession
 from connectors.base import Connector
 from connectors.errors import (
     ContactStopped,
@@ -95,14 +96,13 @@ class MessengerConnector(Connector):
         graph_api_base: str = "https://graph.facebook.com/v19.0",
         *,
         timeout: float = 10.0,
-        client: Optional[httpx.AsyncClient] = None,
     ) -> None:
         self._app_secret = app_secret.encode("utf-8")
         self._verify_token = verify_token.encode("utf-8")
         self._page_token = page_token
         self._graph_api_base = graph_api_base.rstrip("/")
         self._timeout = timeout
-        self._client = client
+        self._transport = LoopSession(timeout)
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "MessengerConnector":
@@ -198,38 +198,30 @@ class MessengerConnector(Connector):
         return result
 
     async def close(self) -> None:
-        """Close the HTTP client, if one was opened."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _http(self) -> httpx.AsyncClient:
-        # Created on first use, inside the running event loop that will use it.
-        if self._client is None:
-            _redact_tokens_in_httpx_logs()
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
+        """Close the HTTP session, if one was opened."""
+        await self._transport.close()
 
     async def _post_message(self, payload: dict[str, Any]) -> SendResult:
         """The one place a request leaves for Graph; every failure goes through graph_error."""
         url = f"{self._graph_api_base}/me/messages"
         try:
-            response = await self._http().post(url, params={"access_token": self._page_token}, json=payload)
-        except httpx.TimeoutException as exc:
+            async with self._transport.session().post(url, params={"access_token": self._page_token}, json=payload) as response:
+                status, headers, raw = response.status, response.headers, await response.read()
+        except asyncio.TimeoutError as exc:
             # Graph may still have delivered it; the queue retries, accepting a rare duplicate.
             raise TransientSendError("messenger: Graph API timed out", code="timeout") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise TransientSendError(f"messenger: cannot reach the Graph API ({type(exc).__name__})", code="connection") from exc
 
-        body = _json_or_none(response)
-        if response.status_code >= 400:
-            error = graph_error(response.status_code, body, response.headers)
+        body = _json_or_none(raw)
+        if status >= 400:
+            error = graph_error(status, body, headers)
             logger.warning("messenger: send failed: %s (code %s)", type(error).__name__, error.code)
             raise error
         message_id = body.get("message_id") if isinstance(body, dict) else None
         if not isinstance(message_id, str) or not message_id:
             # Not retried: Graph may have accepted it, and a retry could send it twice.
-            raise PermanentSendError("messenger: Graph API answered without a message_id", code=str(response.status_code))
+            raise PermanentSendError("messenger: Graph API answered without a message_id", code=str(status))
         return SendResult(provider_message_id=message_id)
 
 
@@ -498,30 +490,8 @@ def _int_or_none(value: Any) -> Optional[int]:
         return None
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(raw: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(raw)
     except ValueError:
         return None
-
-
-# ---------------------------------------------------------------------- logging
-
-_TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"']+")
-
-
-class _RedactAccessToken(logging.Filter):
-    """httpx logs every request URL at INFO, and the Send API wants the page token in it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "access_token=" in message:
-            record.msg = _TOKEN_IN_URL.sub(r"\1[redacted]", message)
-            record.args = ()
-        return True
-
-
-def _redact_tokens_in_httpx_logs() -> None:
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactAccessToken) for f in httpx_logger.filters):
-        httpx_logger.addFilter(_RedactAccessToken())

@@ -44,9 +44,9 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.request import HTTPXRequest
 
 from connectors.base import Connector
+from connectors.telegram_transport import AiohttpRequest
 from connectors.errors import (
     ContactStopped,
     MalformedPayload,
@@ -277,11 +277,12 @@ class TelegramConnector(Connector):
         self.api_base = api_base.rstrip("/")
         self.poll_timeout = poll_timeout
         _install_log_redaction(token)
-        # PTB's default pool is one connection: a send worker's concurrent sends would queue on it.
-        self._request = HTTPXRequest(connection_pool_size=8, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout)
+        # PTB builds the calls; aiohttp carries them (connectors/http.py: httpx cost ~5x the CPU),
+        # with a connection per job in flight in a send worker.
+        self._request = AiohttpRequest(timeout=timeout)
         # getUpdates holds its connection open for poll_timeout seconds; PTB adds
         # that to this read timeout, so it needs its own request object.
-        self._updates_request = HTTPXRequest(connection_pool_size=1, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout)
+        self._updates_request = AiohttpRequest(timeout=timeout, connections=1)
         self.bot = telegram.Bot(
             token,
             base_url=f"{self.api_base}/bot",

@@ -16,18 +16,19 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import threading
+import contextvars
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import requests
+import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import AsyncHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from connectors.base import Connector
+from connectors.http import LoopSession
 from connectors.errors import (
     ContactStopped,
     MalformedPayload,
@@ -189,34 +190,35 @@ def _whatsapp_address(value: str, field: str) -> str:
 
 # --- outbound ----------------------------------------------------------------
 
-# The last error response's headers, per thread: the SDK's TwilioRestException
-# drops headers, and Retry-After lives there. Each send runs entirely in one
-# worker thread (asyncio.to_thread), so a thread-local is exact.
-_last_error = threading.local()
+# The last error response's headers, per send: the SDK's TwilioRestException drops headers, and
+# Retry-After lives there. Each send is one task, so a context variable set inside its request is
+# what that send reads back.
+_last_error_headers: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("twilio_last_error_headers", default={})
 
 
-class RebasedHttpClient(TwilioHttpClient):
-    """The SDK's HTTP client, sending to ``api_base`` instead of api.twilio.com.
+class RebasedHttpClient(AsyncHttpClient):
+    """The SDK's asynchronous HTTP client role, sending to ``api_base`` instead of api.twilio.com.
 
-    The SDK builds absolute URLs on its own hosts (api.twilio.com, or regional
-    ones); we swap scheme and host for the configured base and keep the path.
+    The SDK builds absolute URLs on its own hosts (api.twilio.com, or regional ones); we swap
+    scheme and host for the configured base and keep the path. The bytes travel on aiohttp
+    (connectors/http.py), like the SDK's own ``AsyncTwilioHttpClient``; unlike it, nothing is
+    logged (its request log prints query strings, which carry phone numbers when listing).
     """
 
     def __init__(self, api_base: str, timeout: Optional[float] = None) -> None:
-        # One pooled requests.Session shared by the worker threads: urllib3's pool is
-        # thread-safe, and keep-alive matters at campaign rates (10-80 messages/s).
-        super().__init__(pool_connections=True, timeout=timeout)
+        super().__init__(log, True, timeout)
         base = urlsplit(api_base.rstrip("/"))
         if not base.scheme or not base.netloc:
             raise ValueError("twilio_api_base must be an absolute URL")
         self._base = base
+        self.transport = LoopSession(timeout or 10.0)
 
     def rebase(self, url: str) -> str:
         """``https://api.twilio.com/2010-04-01/…`` → ``<api_base>/2010-04-01/…``."""
         parts = urlsplit(url)
         return urlunsplit((self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, parts.fragment))
 
-    def request(  # type: ignore[override]
+    async def request(  # type: ignore[override]
         self,
         method: str,
         url: str,
@@ -227,13 +229,17 @@ class RebasedHttpClient(TwilioHttpClient):
         timeout: Optional[float] = None,
         allow_redirects: bool = False,
     ) -> TwilioResponse:
-        _last_error.headers = {}
-        response = super().request(
-            method, self.rebase(url), params=params, data=data, headers=headers, auth=auth, timeout=timeout, allow_redirects=allow_redirects
-        )
-        if response.status_code >= 400:
-            _last_error.headers = {k.lower(): v for k, v in dict(response.headers or {}).items()}
-        return response
+        _last_error_headers.set({})
+        options: dict[str, Any] = {"params": params, "data": data, "headers": headers, "allow_redirects": allow_redirects}
+        if auth:
+            options["auth"] = aiohttp.BasicAuth(*auth)
+        if timeout:  # else the session's (passing None to aiohttp would mean no timeout at all)
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        async with self.transport.session().request(method.upper(), self.rebase(url), **options) as response:
+            text = await response.text()
+            if response.status >= 400:
+                _last_error_headers.set({k.lower(): v for k, v in response.headers.items()})
+            return TwilioResponse(response.status, text, response.headers)
 
 
 def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
@@ -432,21 +438,20 @@ class TwilioWhatsAppConnector(Connector):
             params["status_callback"] = self.status_callback
         return params
 
-    def _create(self, params: dict[str, Any]) -> SendResult:
-        """The blocking SDK call, run in a worker thread; errors mapped here, where Retry-After is known."""
+    async def _create(self, params: dict[str, Any]) -> SendResult:
+        """The SDK call; errors mapped here, where Retry-After is known."""
         try:
-            resource = self._client.messages.create(**params)
+            resource = await self._client.messages.create_async(**params)
         except TwilioRestException as exc:
-            headers: Mapping[str, str] = getattr(_last_error, "headers", {}) or {}
             code = _twilio_code(exc)
             raise error_from_twilio(
-                exc.status, code, retry_after=_retry_after(headers), queue_full_retry_after=self.queue_full_retry_after
+                exc.status, code, retry_after=_retry_after(_last_error_headers.get()), queue_full_retry_after=self.queue_full_retry_after
             ) from None
-        except requests.Timeout:
+        except asyncio.TimeoutError:
             raise TransientSendError(f"Twilio did not answer within {self.timeout:g} s", code="timeout") from None
-        except requests.ConnectionError:
+        except aiohttp.ClientConnectionError:
             raise TransientSendError("could not connect to Twilio", code="connection") from None
-        except requests.RequestException as exc:
+        except aiohttp.ClientError as exc:
             raise TransientSendError(f"HTTP error talking to Twilio ({type(exc).__name__})", code="http") from None
         except (TwilioException, ValueError) as exc:
             # A 2xx we cannot read: the message may exist; the queue decides whether to retry.
@@ -455,10 +460,10 @@ class TwilioWhatsAppConnector(Connector):
         return SendResult(provider_message_id=str(resource.sid), status=status)
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        """Send one message; the SDK is blocking, so it runs in a thread and the event loop stays free."""
+        """Send one message through the SDK's asynchronous API (no thread per send)."""
         params = self.build_params(message)
         try:
-            result = await asyncio.to_thread(self._create, params)
+            result = await self._create(params)
         except SendError as exc:
             log.info("twilio send failed: %s (code %s, retryable %s)", type(exc).__name__, exc.code, exc.retryable)
             raise
@@ -468,17 +473,12 @@ class TwilioWhatsAppConnector(Connector):
     async def sent_since(self, address: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
         """Twilio lists the messages of an account (GET Messages.json?To=&From=, newest first):
         the send queue asks it whether a send left in doubt by a crash went out."""
-
-        def listed() -> list[tuple[str, dt.datetime]]:
-            try:
-                found = self._client.messages.list(to=address, from_=self.from_number, limit=50)
-            except (TwilioException, requests.RequestException) as exc:
-                raise TransientSendError(f"could not list Twilio messages ({type(exc).__name__})", code="lookup") from None
-            return [(str(m.sid), m.date_created) for m in found if m.date_created is not None and m.date_created >= since]
-
-        return await asyncio.to_thread(listed)
+        try:
+            found = await self._client.messages.list_async(to=address, from_=self.from_number, limit=50)
+        except (TwilioException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TransientSendError(f"could not list Twilio messages ({type(exc).__name__})", code="lookup") from None
+        return [(str(m.sid), m.date_created) for m in found if m.date_created is not None and m.date_created >= since]
 
     async def close(self) -> None:
-        """Close the SDK's pooled HTTP session."""
-        if self._http.session is not None:
-            await asyncio.to_thread(self._http.session.close)
+        """Close the HTTP session."""
+        await self._http.transport.close()

@@ -367,7 +367,13 @@ def sim(twilio_sim: tuple[str, SimulatorState]) -> tuple[str, SimulatorState]:
 
 
 def send(connector: TwilioWhatsAppConnector, message: OutboundMessage) -> SendResult:
-    return asyncio.run(connector.send(message))
+    async def once() -> SendResult:
+        try:
+            return await connector.send(message)
+        finally:
+            await connector.close()
+
+    return asyncio.run(once())
 
 
 def out(text: str = "", **kw: Any) -> OutboundMessage:
