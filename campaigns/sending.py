@@ -4,9 +4,11 @@ and control and report runs.
 The split of work:
 
 - ``schedule`` plans (campaigns.planner.plan), renders each send's text *and* its WhatsApp
-  template variables, and enqueues one job per planned send on the bulk lane, deferred to its
-  ``scheduled_at``, with the send's idempotency key as job id: scheduling again never queues a
-  second job (arq refuses the id) nor sends twice (the worker re-reads the send's status).
+  template variables, and enqueues the planned sends on the bulk lane in batches (one job per
+  up to jisr.outbox.BATCH_SIZE sends of one channel and time), deferred to their
+  ``scheduled_at``; a batch's id is a digest of its sends' keys, so scheduling again queues no
+  second job for them (arq refuses the id), and a send is never sent twice anyway (the worker
+  re-reads each send's status and claims it before the provider call).
 - ``prepare`` runs in the worker just before sending: the plan only *predicted* consent and the
   24-hour windows, so they are decided again here, with the run's state (paused → look again
   later, cancelled → skipped). It returns the concrete message, or the outcome when nothing is sent.
@@ -35,8 +37,9 @@ from arq import Retry
 from campaigns.definitions import MESSENGER_SKIP, Campaign, render, template_variables
 from campaigns.planner import Occurrence, Plan, occurrences, plan
 from connectors.base import window_open
+from jisr import keys
 from jisr.calendars import CalendarBook, default_calendars
-from jisr.outbox import BULK_QUEUE, Outbox, SendContext, SendJob
+from jisr.outbox import BATCH_SIZE, BULK_QUEUE, CampaignBatch, Outbox, SendContext, SendJob
 from jisr.progress import ProgressFactory
 from jisr.store.campaigns import CampaignStore
 
@@ -50,8 +53,8 @@ OUTSIDE_WINDOW = "outside_window"
 NO_TEMPLATE = "no_template"
 
 
-# Jobs queued per Redis call (one Lua script) when scheduling.
-ENQUEUE_CHUNK = 500
+# Sends queued per step when scheduling (their batches in one Redis script, then marked queued in SQL).
+ENQUEUE_CHUNK = 2000
 
 
 @dataclass
@@ -123,20 +126,38 @@ async def schedule(
     for occurrence_key, run_id in planned.runs.items():
         occurrence = by_key.get(occurrence_key)
         sends = pending[run_id]
-        for start in range(0, len(sends), ENQUEUE_CHUNK):
-            chunk = sends[start : start + ENQUEUE_CHUNK]
-            outcomes = await outbox.enqueue_bulk([(campaign_job(campaign, occurrence, send, run_id), send["scheduled_at"]) for send in chunk])
-            result.enqueued += sum(outcomes)
-            result.already_queued += len(outcomes) - sum(outcomes)
+        for chunk in _chunks(_batches(sends), ENQUEUE_CHUNK // BATCH_SIZE or 1):
+            batches = [CampaignBatch.of(run_id, [campaign_job(campaign, occurrence, send, run_id) for send in batch], batch[0]["scheduled_at"]) for batch in chunk]
+            outcomes = await outbox.enqueue_batches(batches)
+            for batch, queued in zip(batches, outcomes):
+                result.enqueued += len(batch.jobs) if queued else 0
+                result.already_queued += 0 if queued else len(batch.jobs)
+            ids = [send["id"] for batch in chunk for send in batch]
             # Marked per chunk: a schedule interrupted half-way leaves the rest 'planned', and
-            # scheduling again queues them (the queued ones are refused by their job id).
-            await asyncio.to_thread(store.mark_queued, [send["id"] for send in chunk])
+            # scheduling again queues them (a batch already queued is refused by its id).
+            await asyncio.to_thread(store.mark_queued, ids)
             if bar is not None:
-                bar.advance(len(chunk))
+                bar.advance(len(ids))
         result.by_run[run_id] = len(sends)
     if bar is not None:
         bar.finish()
     return result
+
+
+def _batches(sends: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A run's sends cut into batches of one channel and one time, at most BATCH_SIZE each.
+
+    One channel: a 429 pause of one platform must not hold another's sends. One time: a batch
+    is due when its sends are (each contact's own local time gives a few distinct times)."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for send in sends:
+        groups.setdefault((send["channel"], send["scheduled_at"]), []).append(send)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][1] is not None, item[0][1] or 0, item[0][0]))
+    return [group[i : i + BATCH_SIZE] for _, group in ordered for i in range(0, len(group), BATCH_SIZE)]
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def prepare(send_ctx: SendContext, job: SendJob) -> Union[SendJob, str]:
@@ -199,13 +220,19 @@ def _form(job: SendJob, state: dict[str, Any]) -> Union[SendJob, str]:
 
 async def _wake(outbox: Outbox, store: CampaignStore, run_id: int, respect_schedule: bool) -> int:
     """Move the run's queued jobs to the front of the bulk queue (not before their time when
-    ``respect_schedule``), so a resume or cancel acts now rather than at the next re-check."""
-    now = time.time()
+    ``respect_schedule``), so a resume or cancel acts now rather than at the next re-check:
+    its batches (from the run's registry, keys.campaign_batches) and any single send job."""
+    now_ms = int(time.time() * 1000)
     woken = 0
+    registry = await outbox.pool.hgetall(keys.campaign_batches(run_id))
+    moves = {job_id.decode(): max(int(at) if respect_schedule else now_ms, now_ms) for job_id, at in registry.items()}
     for send in await asyncio.to_thread(store.pending_sends, run_id):
-        at = send["scheduled_at"].timestamp() if respect_schedule and send["scheduled_at"] else now
+        at = int(send["scheduled_at"].timestamp() * 1000) if respect_schedule and send["scheduled_at"] else now_ms
+        moves[send["idempotency_key"]] = max(at, now_ms)
+    for start in range(0, len(moves), 1000):
+        part = dict(list(moves.items())[start : start + 1000])
         # XX: only jobs still in the queue; a finished job is not re-created.
-        woken += int(await outbox.pool.zadd(BULK_QUEUE, {send["idempotency_key"]: int(max(at, now) * 1000)}, xx=True, ch=True) or 0)
+        woken += int(await outbox.pool.zadd(BULK_QUEUE, part, xx=True, ch=True) or 0)
     return woken
 
 

@@ -39,6 +39,11 @@ def channel_tokens(channel: str) -> str:
     return f"{PREFIX}bucket:{channel}"
 
 
+def campaign_batches(run_id: int) -> str:
+    """Hash: a campaign run's queued batch job ids → their time in ms (campaigns.sending._wake)."""
+    return f"{PREFIX}campaign:{run_id}:batches"
+
+
 def webchat_inbox(session_id: str) -> str:
     """Replies waiting for a web chat page to fetch them."""
     return f"{PREFIX}webchat:{session_id}"

@@ -64,6 +64,21 @@ async def inc(redis: Any, name: str, labels: Optional[Mapping[str, Any]] = None,
         logger.debug("metric %s lost: %s", name, type(error).__name__)
 
 
+async def inc_many(redis: Any, counts: Mapping[tuple[str, tuple[tuple[str, Any], ...]], int]) -> None:
+    """Add to several counters, ``{(name, ((label, value), …)): amount}``, in one round trip
+    (a campaign batch counts its sends once at its end rather than once per send)."""
+    counted = [(name, dict(labels), n) for (name, labels), n in counts.items() if n]
+    if not counted:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, labels, n in counted:
+                pipe.hincrby(keys.METRICS, name + _labels(labels), n)
+            await pipe.execute()
+    except Exception as error:  # a metric must never fail the work it counts
+        logger.debug("metrics lost: %s", type(error).__name__)
+
+
 async def observe(redis: Any, name: str, seconds: float, labels: Optional[Mapping[str, Any]] = None, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
     """Record one value in a histogram (cumulative buckets, sum and count), in one round trip."""
     base = dict(labels or {})

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix
-from arq.worker import Worker
+from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from connectors.base import Connector
@@ -50,6 +51,20 @@ PAUSED_RECHECK_SECONDS = 30.0
 # Backoff between tries of a transient failure: 1 s, 2 s, 4 s … capped at 5 minutes.
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
+
+# Campaign sends travel in batches: one arq job carries up to BATCH_SIZE sends of one run, one
+# channel and one time (campaigns.sending.schedule). Why: arq spends about eight Redis round trips
+# and a poll of up to poll_delay on every job; at one job per send that cost more than the send
+# (two workers peaked near 300-450 sends/s, `jisr bench campaigns`). Each send in a batch is
+# still decided, rate-limited, claimed and recorded on its own, exactly as a single job's.
+BATCH_SIZE = 100
+# Batch jobs a bulk worker runs at once: their sends share the worker's ``max_jobs`` slots, and a
+# second and third batch keep the slots busy while the first one finishes its last sends.
+BATCHES_IN_FLIGHT = 3
+# A batch whose sends fail unexpectedly (not a provider's answer: a bug, a database error) is run
+# again after a backoff, at most this many times; then arq records it failed and its unsent
+# sends stay 'queued' in the report.
+BATCH_MAX_UNEXPECTED = 8
 
 # Turn order of replies (_wait_for_turn): how often a waiting turn looks again, and how long a
 # conversation's list lives without a new reply.
@@ -212,29 +227,36 @@ class Outbox:
             self.on_enqueue(queue)
         return enqueued is not None
 
-    async def enqueue_bulk(self, jobs: list[tuple[SendJob, Optional[dt.datetime]]], chunk: int = 500) -> list[bool]:
-        """Queue many campaign jobs (each with its time, or None: now), ``chunk`` per Redis call;
-        per job, whether it was queued now (False: a job with its key is queued, running or done).
+    async def enqueue_batches(self, batches: list["CampaignBatch"], chunk: int = 20) -> list[bool]:
+        """Queue campaign batches (``send_batch`` jobs), ``chunk`` per Redis call; per batch,
+        whether it was queued now (False: a job with its id is queued or running).
 
         The same jobs as ``enqueue`` would make — arq's serialisation, job key, expiry and score
         — checked and written by one Lua script per chunk instead of a WATCH/MULTI transaction
-        (four round trips) per job: queueing 100,000 sends took minutes that way.
-        """
+        (four round trips) per job.
+
+        Each run's batch ids and times are also kept in a hash (keys.campaign_batches), so a
+        resume or cancel can bring the run's queued batches forward (campaigns.sending._wake)."""
         from arq.constants import result_key_prefix
         from arq.jobs import serialize_job
 
         done: list[bool] = []
-        for start in range(0, len(jobs), chunk):
-            part = jobs[start : start + chunk]
+        for start in range(0, len(batches), chunk):
+            part = batches[start : start + chunk]
             now_ms = int(time.time() * 1000)
             argv: list[Any] = []
-            for job, at in part:
-                if job.lane == "replies":
-                    raise ValueError("enqueue_bulk is for the bulk lane: replies keep their turn order through enqueue")
-                score = max(now_ms, int(at.timestamp() * 1000)) if at is not None else now_ms
-                payload = serialize_job("send_message", (asdict(job),), {}, None, now_ms, serializer=self.pool.job_serializer)
-                argv += [job.idempotency_key, score, score - now_ms + self.pool.expires_extra_ms, payload]
+            for batch in part:
+                score = max(now_ms, int(batch.at.timestamp() * 1000)) if batch.at is not None else now_ms
+                payload = serialize_job("send_batch", ([asdict(job) for job in batch.jobs],), {}, None, now_ms, serializer=self.pool.job_serializer)
+                argv += [batch.id, score, score - now_ms + self.pool.expires_extra_ms, payload]
             added = await self.pool.eval(_ENQUEUE_MANY, 1, BULK_QUEUE, job_key_prefix, result_key_prefix, *argv)
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for batch, flag in zip(part, added):
+                    if flag:
+                        registry = keys.campaign_batches(batch.run_id)
+                        pipe.hset(registry, batch.id, int(batch.at.timestamp() * 1000) if batch.at is not None else now_ms)
+                        pipe.expire(registry, BATCH_REGISTRY_TTL_SECONDS)
+                await pipe.execute()
             done += [bool(flag) for flag in added]
         if any(done) and self.on_enqueue is not None:
             self.on_enqueue(BULK_QUEUE)
@@ -242,6 +264,29 @@ class Outbox:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+@dataclass(frozen=True)
+class CampaignBatch:
+    """Sends of one campaign run, on one channel, due at one time: one ``send_batch`` job."""
+
+    id: str
+    run_id: int
+    jobs: tuple[SendJob, ...]
+    at: Optional[dt.datetime] = None
+
+    @classmethod
+    def of(cls, run_id: int, jobs: list[SendJob], at: Optional[dt.datetime]) -> "CampaignBatch":
+        """Its id is a digest of its sends' keys: scheduling the same sends again finds it queued."""
+        digest = hashlib.sha256("\n".join(job.idempotency_key for job in jobs).encode()).hexdigest()[:24]
+        return cls(f"{BATCH_JOB_PREFIX}{run_id}:{digest}", run_id, tuple(jobs), at)
+
+
+# Job ids of campaign batches start with this (the privacy erasure finds them by it).
+BATCH_JOB_PREFIX = "batch:"
+# How long a run's batch registry lives after its last batch was queued (a run longer than this
+# is still sent; only resume/cancel stop bringing its old batches forward).
+BATCH_REGISTRY_TTL_SECONDS = 60 * 86400
 
 
 # Queue jobs unless their id is already queued, running or done (arq's job or result key), as
@@ -271,7 +316,16 @@ class SendContext:
     store: ContactStore
     rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
     paused_recheck_seconds: float = PAUSED_RECHECK_SECONDS
+    # Sends in flight at once in this worker, over all its batch jobs (``jisr worker --max-jobs``).
+    max_in_flight: int = 50
     _writes: Optional["BatchedWrites"] = field(default=None, init=False, repr=False)
+    _slots: Optional[asyncio.Semaphore] = field(default=None, init=False, repr=False)
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made on first use, inside the worker's event loop
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        return self._slots
 
     @property
     def writes(self) -> "BatchedWrites":
@@ -341,6 +395,12 @@ class BatchedWrites:
         return await self._state(send_id)
 
 
+class ChannelBusy(Retry):
+    """The channel cannot send for a while (its 429 pause, or its rate limit's queue is longer
+    than IN_JOB_WAIT_SECONDS): the job comes back then. Not a failure of this message, and true
+    of every message on the channel, so a batch stops asking for turns (see send_batch)."""
+
+
 async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> int:
     """Return once this channel may send (raise Retry when the wait is long: a 429 pause, a busy
     bucket), having counted one provider call for ``key``; returns the call's number.
@@ -360,9 +420,9 @@ async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> in
             await asyncio.sleep(float(wait))
             pause_ms = await redis.pttl(keys.channel_pause(channel))
             if pause_ms and pause_ms > 0:  # a 429 came while waiting: the provider asked for a pause
-                raise Retry(defer=pause_ms / 1000.0)
+                raise ChannelBusy(defer=pause_ms / 1000.0)
             return int(attempt)
-        raise Retry(defer=float(answer[1:]))  # a 429 pause, or a queue longer than IN_JOB_WAIT_SECONDS
+        raise ChannelBusy(defer=float(answer[1:]))  # a 429 pause, or a queue longer than IN_JOB_WAIT_SECONDS
 
 
 async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -376,12 +436,7 @@ async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     job = SendJob.from_dict(payload)
     send_ctx: SendContext = ctx["send_context"]
     if job.is_campaign:
-        from campaigns.sending import prepare  # imported here: campaigns imports this module
-
-        prepared = await prepare(send_ctx, job)
-        if isinstance(prepared, str):
-            return prepared
-        job = prepared
+        return await _campaign_send(ctx, send_ctx, job)
     redis: ArqRedis = ctx["redis"]
     if job.lane != "replies":
         return await _send_counted(ctx, send_ctx, job)
@@ -394,24 +449,84 @@ async def send_message(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     return outcome
 
 
-async def _send_counted(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) -> str:
+async def _campaign_send(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob, tally: Optional[Counter] = None) -> str:
+    """One campaign send: decided now (campaigns.sending.prepare), then sent like any message."""
+    from campaigns.sending import prepare  # imported here: campaigns imports this module
+
+    prepared = await prepare(send_ctx, job)
+    if isinstance(prepared, str):
+        return prepared
+    return await _send_counted(ctx, send_ctx, prepared, tally)
+
+
+async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str:
+    """The worker function of a campaign batch: each send as a single job would do it, together.
+
+    The sends run concurrently within the worker's slots. One that must wait (rate limit, channel
+    pause, a paused run, a provider's transient error, another attempt's live claim) does not
+    hold the others: when all are done, the batch is run again after the longest of those waits,
+    and on that run every send already settled is found settled (its row's status) and skipped.
+    So retries, at-most-once claims and MAX_TRIES behave per send exactly as for single jobs.
+    """
+    send_ctx: SendContext = ctx["send_context"]
+    tally: Counter = Counter()
+    waits: list[float] = []
+    unexpected: list[BaseException] = []
+    busy: list[float] = []  # the channel said "not now" (ChannelBusy): the sends not started wait too
+
+    async def one(payload: dict[str, Any]) -> None:
+        async with send_ctx.slots:
+            if busy:
+                return
+            try:
+                await _campaign_send(ctx, send_ctx, SendJob.from_dict(payload), tally)
+            except ChannelBusy as retry:
+                busy.append((retry.defer_score or 0) / 1000.0)
+            except Retry as retry:
+                waits.append((retry.defer_score or 0) / 1000.0)
+            except Exception as error:  # noqa: BLE001 - the other sends go on; see below
+                unexpected.append(error)
+
+    await asyncio.gather(*(one(p) for p in payloads))
+    await metrics.inc_many(ctx["redis"], tally)
+    waits += busy[:1]
+    if unexpected:
+        tries = int(ctx.get("job_try") or 1)
+        logger.error("a campaign batch hit %d unexpected errors (%s); try %d", len(unexpected), type(unexpected[0]).__name__, tries)
+        if tries >= BATCH_MAX_UNEXPECTED:
+            raise unexpected[0]
+        waits.append(backoff_seconds(tries))
+    if waits:
+        raise Retry(defer=max(waits))
+    return f"batch of {len(payloads)} done"
+
+
+async def _send_counted(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob, tally: Optional[Counter] = None) -> str:
     """_send_parts, counted for /metrics: the outcome, or the retry and why (jisr/metrics.py).
 
     A Retry raised from a provider's error is a retry; one raised while waiting for capacity,
-    a paused run or a claim (no cause) is not a provider failure and is not counted.
+    a paused run or a claim (no cause) is not a provider failure and is not counted. ``tally``:
+    a batch's counters, written once for the whole batch (metrics.inc_many).
     """
     redis: ArqRedis = ctx["redis"]
     labels = {"channel": job.channel, "lane": job.lane}
+
+    async def count(name: str, extra: dict[str, str]) -> None:
+        if tally is not None:
+            tally[(name, tuple(sorted({**labels, **extra}.items())))] += 1
+        else:
+            await metrics.inc(redis, name, {**labels, **extra})
+
     try:
         outcome = await _send_parts(ctx, send_ctx, job)
     except Retry as retry:
         cause = retry.__cause__
         if cause is not None:
             reason = "throttled" if isinstance(cause, Throttled) else "error" if isinstance(cause, SendError) else "unexpected"
-            await metrics.inc(redis, "jisr_send_retries_total", {**labels, "reason": reason})
+            await count("jisr_send_retries_total", {"reason": reason})
         raise
     kind = "sent" if outcome.startswith("sent") else "contact_stopped" if outcome == "contact stopped" else "failed"
-    await metrics.inc(redis, "jisr_sends_total", {**labels, "outcome": kind})
+    await count("jisr_sends_total", {"outcome": kind})
     return outcome
 
 
@@ -661,6 +776,10 @@ def build_worker(
     and stay queued (arq runs a cancelled job again).
     """
 
+    bulk = queue == BULK_QUEUE
+    # A bulk worker's max_jobs are sends in flight, shared by a few batch jobs (send_batch).
+    send_context.max_in_flight = max_jobs
+
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["send_context"] = send_context
         # arq cancels a job running longer than this: a send claim older than it is dead.
@@ -670,13 +789,14 @@ def build_worker(
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=min(64, max_jobs + 4), thread_name_prefix="send"))
 
     return WakeableWorker(
-        functions=[send_message],
+        # A batch's outcome is in SQL, per send: no result kept (it would hold every address).
+        functions=[send_message, func(send_batch, keep_result=0)],
         redis_settings=_redis_settings(host, port, database, password),
         queue_name=queue,
         on_startup=startup,
         max_tries=ARQ_MAX_TRIES,  # re-deferrals count as tries too; real failures stop at MAX_TRIES
         burst=burst,
-        max_jobs=max_jobs,
+        max_jobs=BATCHES_IN_FLIGHT if bulk else max_jobs,
         keep_result=3600,
         poll_delay=0.05,
         handle_signals=False,

@@ -384,3 +384,42 @@ def test_a_fresh_claim_is_left_to_its_attempt(env):
     assert env["contacts"].outbound_status(key) == "sending"
     assert sends(env)[contact]["status"] == "queued"
     assert not [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"]
+
+
+def test_sends_are_batched_by_channel_and_time_at_most_batch_size_each():
+    from jisr.outbox import BATCH_SIZE
+
+    early, late = SEND_AT, SEND_AT + dt.timedelta(hours=1)  # two contacts' local times
+    rows = [dict(id=i, channel=("telegram", "whatsapp")[i % 2], scheduled_at=(early, late)[(i // 2) % 2]) for i in range(4 * BATCH_SIZE + 6)]
+    batches = sending._batches(rows)
+    assert sorted(s["id"] for b in batches for s in b) == list(range(len(rows))), "every send in exactly one batch"
+    for batch in batches:
+        assert 0 < len(batch) <= BATCH_SIZE
+        assert len({(s["channel"], s["scheduled_at"]) for s in batch}) == 1, "one channel and one time per batch"
+    assert [b[0]["scheduled_at"] for b in batches] == sorted(b[0]["scheduled_at"] for b in batches), "earliest batches first"
+
+
+def test_a_batch_settles_each_send_on_its_own(env):
+    """One batch, three fates: a send refused twice by the provider (5xx) then sent, a contact who
+    opted out after scheduling (skipped), and the others sent once; metrics counted per send."""
+    addresses = [f"telegram:{7000 + i}" for i in range(12)]
+    ids = {a: add_contact(env, a) for a in addresses}
+    result = schedule(env, campaign_file(env["dir"], "one-batch", channels="[telegram]"))
+    assert result.enqueued == 12
+    assert len(env["redis"].sync_client().hkeys(f"jisr:campaign:{next(iter(result.plan.runs.values()))}:batches")) == 1, "one batch job"
+    env["contacts"].record_consent(ids[addresses[5]], "opted_out", "conversation", None, "telegram")
+    httpx.post(f"{env['telegram']}/_sim/fail", json={"queue": [{"status": 502}, {"status": 502}]})
+    run_worker(env)
+    rows = sends(env)
+    assert (rows[ids[addresses[5]]]["status"], rows[ids[addresses[5]]]["reason"]) == ("skipped", "opted_out")
+    sent = [a for a in addresses if a != addresses[5]]
+    assert {rows[ids[a]]["status"] for a in sent} == {"sent"}
+    per_chat: dict[str, int] = {}
+    for r in requests_of(env, "telegram"):
+        if r["method"] == "sendMessage" and r.get("http_status") == 200:
+            per_chat[str(r["params"]["chat_id"])] = per_chat.get(str(r["params"]["chat_id"]), 0) + 1
+    assert per_chat == {a.split(":")[1]: 1 for a in sent}, "each accepted exactly once, none to the one who left"
+    assert sum(rows[ids[a]]["attempts"] for a in sent) == len(sent) + 2, "two refusals, retried on the batch's next run"
+    metrics = {k.decode(): int(v) for k, v in env["redis"].sync_client().hgetall("jisr:metrics").items()}
+    assert metrics.get('jisr_sends_total{channel="telegram",lane="bulk",outcome="sent"}') == len(sent)
+    assert metrics.get('jisr_send_retries_total{channel="telegram",lane="bulk",reason="error"}') == 2

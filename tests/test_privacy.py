@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from jisr.auth.audit import AuditLog
 from jisr.auth.store import AccountStore
 from jisr.content import default_reply_book
-from jisr.outbox import BULK_QUEUE, Outbox, SendContext, SendJob, build_worker
+from jisr.outbox import BULK_QUEUE, CampaignBatch, Outbox, SendContext, SendJob, build_worker
 from jisr.privacy import pseudonym
 from jisr.privacy.disclosure import needs_disclosure, with_disclosure
 from jisr.privacy.retention import purge
@@ -373,11 +373,17 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
     seeded, services = gw["seeded"], gw["services"]
     handle = services.redis
     amina = _contact(gw, AMINA)
-    # A campaign send to Amina waits on the bulk queue, as `jisr campaigns schedule` leaves it.
+    # A campaign send to Amina waits on the bulk queue in a batch with another family's, as
+    # `jisr campaigns schedule` leaves it.
     job = SendJob(
         idempotency_key=seeded["send_key"], channel="whatsapp", address=AMINA, parts=(("Rappel de rentrée pour Loubna", ()),),
         contact_id=amina.id, lane="bulk", run_id=seeded["run"], send_id=seeded["send_id"],
     )
+    other = SendJob(
+        idempotency_key="privacy-other-family-send", channel="whatsapp", address=KARIM, parts=(("Rappel de rentrée", ()),),
+        lane="bulk", run_id=seeded["run"], send_id=10_000_000,
+    )
+    batch = CampaignBatch.of(seeded["run"], [job, other], None)
 
     # And a reply still waiting (deferred, as after a provider outage), with no log row to find it by.
     reply = SendJob(
@@ -388,7 +394,7 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
     async def enqueue() -> bool:
         outbox = await Outbox.connect(handle.host, handle.port, handle.db)
         try:
-            return await outbox.enqueue(job) and await outbox.enqueue(reply, defer_seconds=300)
+            return (await outbox.enqueue_batches([batch]))[0] and await outbox.enqueue(reply, defer_seconds=300)
         finally:
             await outbox.close()
 
@@ -410,6 +416,10 @@ def test_forget_leaves_no_trace_and_the_queued_campaign_send_never_goes_out(gw):
     raw = b"".join(p.read_bytes() for p in (database, Path(f"{database}-wal")) if p.exists())
     assert [n for n in needles if n.encode() in raw] == []
     assert _contact(gw, KARIM) is not None, "other families are untouched"
+    import redis as redis_sync
+
+    body = redis_sync.Redis(host=handle.host, port=handle.port, db=handle.db).get("arq:job:" + batch.id)
+    assert body is not None and b"privacy-other-family-send" in body, "the other family's send stays queued in the batch"
 
     # The bulk worker finds nothing to send to her.
     async def burst() -> None:

@@ -34,6 +34,7 @@ class ErasureTarget:
     inbound_ids: list[tuple[str, str]]        # (channel, provider message id): the dedupe keys
     part_keys: list[str]                      # outbound messages' idempotency keys
     job_ids: list[str]                        # arq job ids of the sends to these addresses
+    campaign_sends: dict[int, list[str]] = field(default_factory=dict)  # run id → its sends' keys (in batches)
 
 
 @dataclass
@@ -76,7 +77,11 @@ def erasure_target(engine: Engine, contact_id: int, whole_profile: bool = False)
                 messages.c.contact_id.in_(ids)
             )
         ).all()
-        send_keys = conn.execute(sa.select(campaign_sends.c.idempotency_key).where(campaign_sends.c.contact_id.in_(ids))).scalars().all()
+        sends = conn.execute(sa.select(campaign_sends.c.run_id, campaign_sends.c.idempotency_key).where(campaign_sends.c.contact_id.in_(ids))).all()
+    send_keys = [send.idempotency_key for send in sends]
+    by_run: dict[int, list[str]] = {}
+    for send in sends:
+        by_run.setdefault(send.run_id, []).append(send.idempotency_key)
     part_keys = [m.idempotency_key for m in logged if m.direction == "out" and m.idempotency_key]
     # A job's parts are keyed "<job id>:<index>" (jisr.outbox.SendJob.part_key).
     job_ids = {key.rsplit(":", 1)[0] for key in part_keys if ":" in key} | set(send_keys)
@@ -87,6 +92,7 @@ def erasure_target(engine: Engine, contact_id: int, whole_profile: bool = False)
         inbound_ids=[(m.channel, m.provider_message_id) for m in logged if m.direction == "in" and m.provider_message_id],
         part_keys=part_keys,
         job_ids=sorted(job_ids),
+        campaign_sends=by_run,
     )
 
 
@@ -178,6 +184,9 @@ async def forget(engine: Engine, redis: Optional[ConversationRedis], contact_id:
         for address in target.addresses:
             jobs |= await redis.reply_jobs_to(address)
         report.jobs_removed = await redis.remove_jobs(sorted(jobs))
+        # Campaign sends queued in batches (jisr.outbox.send_batch) leave their batch; the other
+        # families' sends in it stay queued.
+        report.jobs_removed += await redis.remove_from_batches(target.campaign_sends)
     report.rows = await asyncio.to_thread(_erase_sql, engine, target)
     report.suppressed = report.rows.pop("suppressed_addresses", 0)
     if redis is not None:

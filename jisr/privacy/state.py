@@ -87,6 +87,37 @@ class ConversationRedis:
             removed += int(any(results))
         return removed
 
+    async def remove_from_batches(self, sends_by_run: dict[int, list[str]]) -> int:
+        """Take these campaign sends (run id → idempotency keys) out of their runs' queued batch
+        jobs (jisr.outbox.send_batch; found through each run's registry, keys.campaign_batches).
+        A batch left empty is removed; the others are rewritten in place, keeping their expiry.
+        Returns the sends taken out."""
+        from arq.jobs import deserialize_job, serialize_job
+
+        removed = 0
+        for run_id, send_keys in sends_by_run.items():
+            wanted = set(send_keys)
+            registry = keys.campaign_batches(run_id)
+            for raw_id in await self.jisr.hkeys(registry):
+                job_id = raw_id.decode()
+                body = await self.jisr.get("arq:job:" + job_id)
+                if body is None:
+                    continue
+                job = deserialize_job(body)
+                payloads = job.args[0]
+                kept = [p for p in payloads if p.get("idempotency_key") not in wanted]
+                if len(kept) == len(payloads):
+                    continue
+                removed += len(payloads) - len(kept)
+                if not kept:
+                    await self.remove_jobs([job_id])
+                    await self.jisr.hdel(registry, job_id)
+                    continue
+                enqueued_ms = int(job.enqueue_time.timestamp() * 1000)
+                rewritten = serialize_job(job.function, (kept, *job.args[1:]), job.kwargs, job.job_try, enqueued_ms)
+                await self.jisr.set("arq:job:" + job_id, rewritten, keepttl=True, xx=True)
+        return removed
+
     async def scan_delete(self, client: aioredis.Redis, pattern: str) -> int:
         deleted = 0
         async for key in client.scan_iter(match=pattern, count=500):
