@@ -226,6 +226,14 @@ def _say(gateway: Any, chat_id: int, text: str) -> list[str]:
     return [reply.text for reply in outcome.replies]
 
 
+def _family(gateway: Any, consent: str) -> tuple[int, int]:
+    """A family the planner can place in time (its zone): (chat id, contact id)."""
+    chat_id = next(_chat_ids)
+    with gateway.engine.begin() as conn:
+        conn.execute(schema.contacts.insert().values(address=f"telegram:{chat_id}", channel="telegram", created_at=NOW, timezone="Europe/Paris", consent=consent))
+    return chat_id, gateway.store.by_address(f"telegram:{chat_id}").id
+
+
 # form, reply language, an opt-in naming no topic, a stop naming exams, a stop naming nothing
 FORMS = [
     ("fr", "fr", "abonnez-moi aux rappels", "je ne veux plus les rappels des examens", "stop"),
@@ -239,15 +247,12 @@ FORMS = [
 
 @pytest.mark.parametrize("form, language, opt_in, stop_exams, stop_all", FORMS, ids=[f[0] for f in FORMS])
 def test_stop_exam_reminders_in_a_conversation(gateway, form, language, opt_in, stop_exams, stop_all):
-    chat_id = next(_chat_ids)
+    chat_id, contact_id = _family(gateway, "unknown")
     contacts = gateway.store
-    with gateway.engine.begin() as conn:  # a family the planner can place in time (its zone)
-        conn.execute(schema.contacts.insert().values(address=f"telegram:{chat_id}", channel="telegram", created_at=NOW, timezone="Europe/Paris", consent="unknown"))
-    contact = contacts.by_address(f"telegram:{chat_id}")
 
     _say(gateway, chat_id, opt_in)
-    assert contacts.get(contact.id).consent == "opted_in", form
-    assert contacts.topics_of(contact.id) == sorted(SUBSCRIPTION_TOPICS)
+    assert contacts.get(contact_id).consent == "opted_in", form
+    assert contacts.topics_of(contact_id) == sorted(SUBSCRIPTION_TOPICS)
     assert (_reached(gateway.engine, "exams"), _reached(gateway.engine, "orientation")) == (1, 1)
 
     replies = "\n".join(_say(gateway, chat_id, stop_exams))
@@ -258,28 +263,45 @@ def test_stop_exam_reminders_in_a_conversation(gateway, form, language, opt_in, 
     )
     assert told in replies and "STOP" in told, replies
     assert REPLIES.text("opt_out_confirm", language).splitlines()[0] not in replies  # not the global confirmation
-    assert contacts.get(contact.id).consent == "opted_in"
-    assert contacts.topics_of(contact.id) == ALL_BUT_EXAMS
+    assert contacts.get(contact_id).consent == "opted_in"
+    assert contacts.topics_of(contact_id) == ALL_BUT_EXAMS
     assert (_reached(gateway.engine, "exams"), _reached(gateway.engine, "orientation")) == (0, 1)
 
     replies = "\n".join(_say(gateway, chat_id, stop_all))
     assert REPLIES.text("opt_out_confirm", language).splitlines()[0] in replies, replies
-    assert contacts.get(contact.id).consent == "opted_out"
+    assert contacts.get(contact_id).consent == "opted_out"
     assert (_reached(gateway.engine, "exams"), _reached(gateway.engine, "orientation")) == (0, 0)
 
 
 def test_a_stop_of_topics_held_by_a_family_that_chose_them(gateway):
     """A family that asked for exams and orientation only and stops exams keeps orientation, and is told just that."""
-    chat_id = next(_chat_ids)
-    with gateway.engine.begin() as conn:
-        conn.execute(schema.contacts.insert().values(address=f"telegram:{chat_id}", channel="telegram", created_at=NOW, timezone="Europe/Paris", consent="unknown"))
-    contact = gateway.store.by_address(f"telegram:{chat_id}")
+    chat_id, contact_id = _family(gateway, "unknown")
     _say(gateway, chat_id, "Je veux les rappels des examens et de l'orientation")
-    assert gateway.store.topics_of(contact.id) == ["exams", "orientation"]
+    assert gateway.store.topics_of(contact_id) == ["exams", "orientation"]
     replies = "\n".join(_say(gateway, chat_id, "plus de rappels d'examens svp"))
     names = REPLIES.raw("topic_names", "fr")
     assert names["orientation"] in replies and names["tutoring"] not in replies, replies
-    assert gateway.store.topics_of(contact.id) == ["orientation"]
+    assert gateway.store.topics_of(contact_id) == ["orientation"]
     replies = "\n".join(_say(gateway, chat_id, "arrêtez aussi les rappels d'orientation"))
     assert REPLIES.text("opt_out_topics_confirm_none_left", "fr", stopped=f"• {names['orientation']}").splitlines()[2] in replies, replies
-    assert gateway.store.topics_of(contact.id) == [] and gateway.store.get(contact.id).consent == "opted_in"
+    assert gateway.store.topics_of(contact_id) == [] and gateway.store.get(contact_id).consent == "opted_in"
+
+
+@pytest.mark.parametrize("language, text", [("es", "cancelar mi inscripción"), ("it", "annullate la mia iscrizione")])
+def test_cancelling_the_registration_in_a_conversation_is_the_global_opt_out(gateway, language, text):
+    chat_id, contact_id = _family(gateway, "opted_in")
+    replies = "\n".join(_say(gateway, chat_id, text))
+    assert REPLIES.text("opt_out_confirm", language).splitlines()[0] in replies, replies
+    assert gateway.store.get(contact_id).consent == "opted_out" and gateway.store.stopped_topics_of(contact_id) == []
+
+
+def test_a_family_that_opted_out_is_not_told_that_reminders_continue(gateway):
+    chat_id, contact_id = _family(gateway, "opted_out")
+    replies = "\n".join(_say(gateway, chat_id, "je ne veux plus les rappels des examens"))
+    assert REPLIES.text("opt_out_confirm", "fr").splitlines()[0] in replies, replies
+    assert gateway.store.get(contact_id).consent == "opted_out"
+    assert gateway.store.stopped_topics_of(contact_id) == ["exams"] and gateway.store.topics_of(contact_id) == []
+    # Asking for the reminders again brings them all back, exams included: the family said so.
+    _say(gateway, chat_id, "abonnez-moi aux rappels")
+    assert gateway.store.get(contact_id).consent == "opted_in" and gateway.store.topics_of(contact_id) == sorted(SUBSCRIPTION_TOPICS)
+    assert gateway.store.stopped_topics_of(contact_id) == []
