@@ -86,9 +86,19 @@ def subscribed_topics(text: str) -> tuple[str, ...]:
     return topics_in(text) or SUBSCRIPTION_TOPICS
 
 
+# "Stop everything, the exam reminders too": a stop that says "all" is the global opt-out,
+# whatever topics it names (the same reasoning as _SUBSCRIPTION_WORDS: never keep messaging a
+# family that asked for nothing more).
+_EVERYTHING = re.compile(
+    r"(?<![\w])و?(?:tout|tous|toutes|todo|todos|todas|tutto|tutti|tutte|alles|alle|kolchi|kulchi|ga3|كل|كلشي|جميع|الجميع|كاملين)(?![\w])"
+)
+
+
 def unsubscribed_topics(text: str) -> tuple[str, ...]:
     """What an opt-out message stops: the topics it names (registration words aside, see
-    _SUBSCRIPTION_WORDS); none means every reminder, the global opt-out."""
+    _SUBSCRIPTION_WORDS); none, or "all", means every reminder: the global opt-out."""
+    if _EVERYTHING.search(_fold(text)):
+        return ()
     return _named(text, _STOP_PATTERNS)
 
 

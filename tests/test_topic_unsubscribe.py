@@ -77,6 +77,21 @@ def test_cancelling_the_registration_stops_everything_not_only_deadline_reminder
     assert unsubscribed_topics(text) == ()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "arrêtez tout, même les rappels des examens",                 # fr
+        "no quiero nada más, quitad todos los avisos de exámenes",     # es
+        "basta con tutto, anche gli esami",                            # it
+        "keine Erinnerungen mehr, alles stoppen, auch Prüfungen",      # de
+        "أوقفوا كل التذكيرات، الامتحانات والتوجيه",                     # ar
+        "7bes kolchi, 7tta tfakir dyal l'imtihanat",                    # ary
+    ],
+)
+def test_a_stop_of_everything_that_names_a_topic_is_still_the_global_opt_out(text):
+    assert topics_in(text) and unsubscribed_topics(text) == ()
+
+
 def test_what_a_stop_keeps():
     change = stop_topics(["orientation", "exams", "tutoring"], ["exams", "deadlines"])
     assert change.stopped == ("exams", "deadlines") and change.kept == ("orientation", "tutoring")
