@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo
 
 from jisr.bench.gateway import LOOPBACK, ManagedProcess, _STARTED, _base_env, _stop_all, free_port
 from jisr.bench import run_bounded
+from jisr.outbox import BATCH_SIZE
 from jisr.paths import PROJECT_ROOT
 
 UTC = dt.timezone.utc
@@ -213,7 +214,7 @@ class CampaignBenchReport:
                 ("contacts", f"{p['contacts']:,} ({p['opted_out']:,} opted out)", ""),
                 ("preview", f"{p['preview_seconds']:.2f} s", f"{p['preview_planned']:,} planned"),
                 ("plan (write sends)", f"{p['plan_seconds']:.2f} s", f"{p['planned']:,} planned, {p['excluded']:,} excluded"),
-                ("queue jobs (Redis)", f"{p['enqueue_seconds']:.2f} s", f"{p['enqueued']:,} jobs, {p['enqueued'] / max(p['enqueue_seconds'], 1e-9):,.0f}/s"),
+                ("queue sends (Redis)", f"{p['enqueue_seconds']:.2f} s", f"{p['enqueued']:,} sends in batch jobs of up to {BATCH_SIZE}, {p['enqueued'] / max(p['enqueue_seconds'], 1e-9):,.0f}/s"),
             ]
         b = self.baseline
         if t:
@@ -501,7 +502,7 @@ class Bench:
             plan_seconds=round(plan_s, 3), planned=result.plan.planned, excluded=sum(result.plan.excluded.values()),
             enqueued=result.enqueued, enqueue_seconds=round(enqueue_s, 3),
         )
-        self.say(f"plan: preview {preview_s:.1f} s, plan {plan_s:.1f} s, queue {enqueue_s:.1f} s ({result.enqueued:,} jobs)")
+        self.say(f"plan: preview {preview_s:.1f} s, plan {plan_s:.1f} s, queue {enqueue_s:.1f} s ({result.enqueued:,} sends)")
         lifted = {c: 100_000.0 for c in CHANNELS}
         started = time.perf_counter()
         workers = [self.worker(url, lifted) for _ in range(2)]
