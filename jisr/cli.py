@@ -778,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exports = contacts_sub.add_parser(
         "export",
-        help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at; "
+        help="every contact (web chat sessions aside) as CSV, in the import's columns + consent_changed_at, topics; "
         "with a contact: everything Jisr holds about it, as JSON",
     )
     exports.add_argument("contact", nargs="?", metavar="ID", help="one contact: its numeric id or its address (whatsapp:+33…, telegram:123…)")
