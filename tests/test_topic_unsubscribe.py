@@ -320,3 +320,56 @@ def test_a_family_that_opted_out_is_not_told_that_reminders_continue(gateway):
     _say(gateway, chat_id, "abonnez-moi aux rappels")
     assert gateway.store.get(contact_id).consent == "opted_in" and gateway.store.topics_of(contact_id) == sorted(SUBSCRIPTION_TOPICS)
     assert gateway.store.stopped_topics_of(contact_id) == []
+
+
+# --- While a mediator holds the conversation (the real gateway process: conftest `stack`) ----------
+
+
+def _until(check: Any, timeout: float = 30.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
+
+
+def test_a_held_conversation_stops_only_the_topic_named_and_a_stop_still_stops_all(stack):
+    import httpx
+
+    engine = create_db_engine(stack["database_url"])
+    contacts = ContactStore(engine)
+    chat_id = 630_000_000 + next(_chat_ids) % 1_000_000
+
+    def telegram(text: str) -> None:
+        spec = {"webhook_url": f"{stack['gateway']}/webhooks/telegram", "secret_token": stack["telegram_secret"], "chat_id": chat_id, "text": text}
+        assert httpx.post(f"{stack['telegram']}/_sim/inbound", json=spec, timeout=60).status_code == 200
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(schema.contacts.insert().values(
+                address=f"telegram:{chat_id}", channel="telegram", language="ar", country="FR", consent="opted_in",
+                created_at=dt.datetime.now(UTC) - dt.timedelta(days=10)))
+        contact_id = contacts.by_address(f"telegram:{chat_id}").id
+        telegram("bghit nhder m3a chi wa7ed 3afak")  # a person, please: the conversation is handed over
+        _until(lambda: _open_handoff(engine, contact_id))
+        telegram("bghit nwa9ef tfakir dyal l'imtihanat")
+        _until(lambda: contacts.stopped_topics_of(contact_id) == ["exams"])
+        assert contacts.topics_of(contact_id) == ALL_BUT_EXAMS and contacts.get(contact_id).consent == "opted_in"
+        telegram("stop")
+        _until(lambda: contacts.get(contact_id).consent == "opted_out")
+        assert _open_handoff(engine, contact_id), "the conversation stays with the mediator"
+    finally:
+        engine.dispose()
+
+
+def _open_handoff(engine: Any, contact_id: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(schema.handoffs).where(
+                schema.handoffs.c.contact_id == contact_id, schema.handoffs.c.status.in_(("waiting", "assigned"))
+            )
+        ).scalar() > 0

@@ -30,6 +30,7 @@ from connectors.types import InboundMessage
 from jisr import keys
 from jisr.assistant.runtime import Assistant, Reply, Turn
 from jisr.auth.models import Account
+from jisr.consent import record_opt_out
 from jisr.content import ReplyBook
 from jisr.mediation.config import MediationConfig, default_config
 from jisr.mediation.hours import eta, eta_text, family_zone
@@ -155,8 +156,9 @@ class Mediation:
                 logger.exception("understanding a held message failed")
         await asyncio.to_thread(self.handoffs.held_message, handoff.id, message_id, message.received_at, intent)
         if intent == "opt_out":
-            # Recorded, not answered: the mediator sees it and can confirm in person.
-            await asyncio.to_thread(self.contacts.record_consent, contact.id, "opted_out", "conversation", "while a mediator held the conversation", message.channel.value)
+            # Recorded, not answered: the mediator sees it and can confirm in person. A stop naming
+            # topics stops only those, as outside a handoff (jisr/consent.py).
+            await asyncio.to_thread(record_opt_out, self.contacts, contact.id, message.text or "", message.channel.value, "while a mediator held the conversation")
         cue = sensitive_reason(self.config, text, intent)
         if cue and self.config.priority(cue) < handoff.priority:
             opened = await asyncio.to_thread(
