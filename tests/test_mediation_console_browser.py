@@ -42,6 +42,7 @@ import pytest
 import sqlalchemy as sa
 
 from jisr.auth.store import AccountStore
+from jisr.console import catalog
 from jisr.store.contacts import create_db_engine
 from jisr.store.schema import contacts, handoffs
 
@@ -776,3 +777,33 @@ def test_the_console_is_sent_with_its_security_headers_and_fits_a_phone(stack, p
     page.locator("#logout").click()
     page.wait_for_url("**/console/login**")
     assert page.request.get(f"{stack['gateway']}/api/auth/me").status == 401
+
+
+def test_the_console_speaks_each_language_and_fits_a_phone_in_it(stack, people, open_console):
+    """German words are long, Arabic mirrors the page: each language's labels, in a case and in
+    the list, on a 360 px phone, without a page wider than the screen."""
+    page = open_console(people["fr2"], width=360)
+    number = _phone()
+    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
+    _whatsapp(stack, number, "bonjour, je suis en France")
+    _wait_sent(sent, 0)
+    before = len(sent())
+    _whatsapp(stack, number, "je veux parler à quelqu'un")
+    _wait_sent(sent, before)
+    handoff = _handoff_of(stack, number)
+    for language in ("es", "it", "de", "ar", "en", "fr"):
+        texts = catalog.texts(language)
+        page.goto(f"{stack['gateway']}/console/mediation/{handoff['id']}?lang={language}")
+        page.wait_for_selector("#transcript .msg")
+        assert page.evaluate("[document.documentElement.lang, document.documentElement.dir]") == [language, "rtl" if language == "ar" else "ltr"]
+        assert page.locator("#claim").inner_text() == texts["mediation.action.claim"]
+        assert page.locator("#hand-back").inner_text() == texts["mediation.action.hand_back"]
+        assert page.locator("#conv-status").inner_text() == texts["mediation.status.waiting"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360, language
+        page.locator(".back-to-list").first.click()
+        _live(page)
+        _item(page, handoff["id"]).wait_for()
+        assert page.locator(".list-head h2").inner_text() == texts["mediation.list_title"]
+        assert texts["mediation.reason.request"] in _item(page, handoff["id"]).inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360, language
+    assert page.js_errors == []
