@@ -62,7 +62,7 @@ ROLES = ("parent", "student")
 CHANNELS = ("whatsapp", "telegram", "messenger", "webchat")
 LEVELS = ("preschool", "primary", "lower_secondary", "upper_secondary", "higher")
 # What contacts subscribe to when they opt in ("rentrée, exams, deadlines…").
-from jisr.topics import SUBSCRIPTION_TOPICS  # noqa: E402  (one list: contacts subscribe to these, campaigns target them)
+from jisr.topics import SUBSCRIPTION_TOPICS, reaches  # noqa: E402  (one list: contacts subscribe to these, campaigns target them)
 
 # Placeholders a message may use. The four event ones only exist for campaigns
 # triggered by a calendar event; {dates} is "9–11 June 2027" or "18 May 2027"
@@ -169,12 +169,13 @@ class Audience:
         level: Optional[str] = None,
         region: Optional[str] = None,
         topics: Iterable[str] = (),
+        stopped_topics: Iterable[str] = (),
     ) -> bool:
         """Whether a contact with this profile is in the audience.
 
         A restricted dimension needs the contact's value to be known and listed:
         a campaign for parents is not sent to contacts whose role is unknown.
-        Topics: the contact must have subscribed to at least one listed topic.
+        Topics: jisr.topics.reaches (the topics the contact chose, or every one it did not stop).
         """
         language = reply_language_of(language) if language else None
         checks = (
@@ -187,7 +188,7 @@ class Audience:
         )
         if any(allowed and value not in allowed for allowed, value in checks):
             return False
-        return not self.topics or bool(set(self.topics) & set(topics))
+        return reaches(self.topics, topics, stopped_topics)
 
 
 @dataclass(frozen=True)

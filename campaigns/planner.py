@@ -374,13 +374,13 @@ def _expand(
         end = dt.datetime.combine(max(o.send_days()[1] for o in group), dt.time(0), tzinfo=UTC) + WEEK + dt.timedelta(days=2)
         for batch in store.iter_contact_batches(countries=countries, channels=channels, batch_size=BATCH_SIZE):
             # Topics live in their own table: read for the batch only when the audience asks for them.
-            topics = store.topics_between(batch[0].id, batch[-1].id) if audience.topics and batch else {}
+            topics, stopped = store.topics_between(batch[0].id, batch[-1].id) if audience.topics and batch else ({}, {})
             members = [
                 c
                 for c in batch
                 if audience.includes(
                     country=c.country, language=c.language, role=c.role, channel=c.channel, level=c.school_level, region=c.region,
-                    topics=topics.get(c.id, ()),
+                    topics=topics.get(c.id, ()), stopped_topics=stopped.get(c.id, ()),
                 )
             ]
             if bar is not None:

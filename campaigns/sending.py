@@ -41,6 +41,7 @@ from jisr import keys
 from jisr.calendars import CalendarBook, default_calendars
 from jisr.outbox import BATCH_SIZE, BULK_QUEUE, CampaignBatch, Outbox, SendContext, SendJob
 from jisr.progress import ProgressFactory
+from jisr.topics import reaches
 from jisr.store.campaigns import CampaignStore
 
 UTC = dt.timezone.utc
@@ -51,6 +52,7 @@ OPTED_OUT = "opted_out"
 NO_CONSENT = "no_consent"
 OUTSIDE_WINDOW = "outside_window"
 NO_TEMPLATE = "no_template"
+TOPIC_STOPPED = "topic_stopped"
 
 
 # Sends queued per step when scheduling (their batches in one Redis script, then marked queued in SQL).
@@ -100,6 +102,7 @@ def campaign_job(campaign: Campaign, occurrence: Optional[Occurrence], send: dic
         lane="bulk",
         run_id=run_id,
         send_id=send["id"],
+        topics=campaign.audience.topics,
     )
 
 
@@ -174,7 +177,7 @@ async def prepare(send_ctx: SendContext, job: SendJob) -> Union[SendJob, str]:
         return f"already {state['status']}"  # sent or settled before: a second job or a retry
     if state["run_state"] == "paused":
         raise Retry(defer=send_ctx.paused_recheck_seconds)
-    reason = _refusal(state)
+    reason = _refusal(state) or _topic_refusal(job, state)
     if reason is None:
         decided = _form(job, state)
         if isinstance(decided, str):
@@ -198,6 +201,13 @@ def _refusal(state: dict[str, Any]) -> Optional[str]:
         return OPTED_OUT
     if state["consent"] != "opted_in":
         return NO_CONSENT
+    return None
+
+
+def _topic_refusal(job: SendJob, state: dict[str, Any]) -> Optional[str]:
+    """A campaign about topics the family has stopped since it was planned (jisr.topics.reaches)."""
+    if job.topics and not reaches(job.topics, state.get("topics", ()), state.get("stopped_topics", ())):
+        return TOPIC_STOPPED
     return None
 
 

@@ -133,6 +133,8 @@ class SendJob:
     # time, from these rows, whether and in which form (text, template, tag) it goes out.
     run_id: Optional[int] = None
     send_id: Optional[int] = None
+    # The campaign's topics (audience.topics): a family that stopped them is skipped at send time.
+    topics: tuple[str, ...] = ()
 
     @property
     def is_campaign(self) -> bool:
@@ -168,6 +170,7 @@ class SendJob:
         values = dict(data)
         values["parts"] = tuple((text, tuple(tuple(b) for b in buttons)) for text, buttons in values.get("parts") or ())
         values["template_variables"] = tuple(tuple(v) for v in values.get("template_variables") or ())
+        values["topics"] = tuple(values.get("topics") or ())
         return cls(**values)
 
 

@@ -118,6 +118,25 @@ def stop_topics(held: Iterable[str], named: Iterable[str]) -> TopicStop:
     return TopicStop(stopped, tuple(t for t in SUBSCRIPTION_TOPICS if t in held_set and t not in named_set))
 
 
+def reaches(campaign_topics: Iterable[str], held: Iterable[str], stopped: Iterable[str]) -> bool:
+    """Does a campaign about ``campaign_topics`` reach a contact holding ``held`` topics, having
+    stopped ``stopped``? (The contact's consent is checked apart.) The one rule, used when
+    planning (campaigns.definitions.Audience) and again at send time (campaigns.sending.prepare):
+
+    - a campaign naming no topic is general: it reaches every consenting contact;
+    - a contact that chose topics gets the campaigns about one of them;
+    - a contact that never chose (it asked for "the reminders", or came from a list without a
+      topics column) gets every topic's reminders, except those it stopped.
+    """
+    wanted = set(campaign_topics)
+    if not wanted:
+        return True
+    chosen = set(held)
+    if chosen:
+        return bool(chosen & wanted)
+    return not wanted <= set(stopped)
+
+
 def parse_topics(value: str) -> tuple[tuple[str, ...], list[str]]:
     """An import's ``topics`` field ("exams;orientation", commas or spaces also separate):
     (known topics, unknown names)."""

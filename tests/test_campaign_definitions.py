@@ -587,4 +587,8 @@ def test_audience_includes() -> None:
     assert not audience.includes(country="ES", language="fr", role="parent", channel="telegram")
     assert Audience().reached_channels == CHANNELS
     assert Audience(topics=("exams",)).includes(country="FR", language="fr", role="student", channel="webchat", topics=["exams"])
-    assert not Audience(topics=("exams",)).includes(country="FR", language="fr", role="student", channel="webchat")
+    # Never chose a topic: every topic's reminders, except the ones stopped; chose others: not this one.
+    assert Audience(topics=("exams",)).includes(country="FR", language="fr", role="student", channel="webchat")
+    assert not Audience(topics=("exams",)).includes(country="FR", language="fr", role="student", channel="webchat", stopped_topics=["exams"])
+    assert Audience(topics=("exams", "orientation")).includes(country="FR", language="fr", role="student", channel="webchat", stopped_topics=["exams"])
+    assert not Audience(topics=("exams",)).includes(country="FR", language="fr", role="student", channel="webchat", topics=["orientation"])

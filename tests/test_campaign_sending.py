@@ -423,3 +423,17 @@ def test_a_batch_settles_each_send_on_its_own(env):
     metrics = {k.decode(): int(v) for k, v in env["redis"].sync_client().hgetall("jisr:metrics").items()}
     assert metrics.get('jisr_sends_total{channel="telegram",lane="bulk",outcome="sent"}') == len(sent)
     assert metrics.get('jisr_send_retries_total{channel="telegram",lane="bulk",reason="error"}') == 2
+
+
+def test_a_family_that_stops_the_topic_after_scheduling_gets_nothing(env):
+    """audience.topics is decided again at send time (jisr.topics.reaches), like consent."""
+    stays, leaves = add_contact(env, "telegram:7101"), add_contact(env, "telegram:7102")
+    path = campaign_file(env["dir"], "exam-topic", channels="[telegram]")
+    path.write_text(path.read_text(encoding="utf-8").replace("  channels: [telegram]\n", "  channels: [telegram]\n  topics: [exams]\n"), encoding="utf-8")
+    assert schedule(env, path).enqueued == 2, "neither chose topics: both get every topic's reminders"
+    env["contacts"].stop_topics(leaves, ("exams",), "conversation", "telegram")
+    run_worker(env)
+    rows = sends(env)
+    assert rows[stays]["status"] == "sent"
+    assert (rows[leaves]["status"], rows[leaves]["reason"]) == ("skipped", "topic_stopped")
+    assert [str(r["params"]["chat_id"]) for r in requests_of(env, "telegram") if r["method"] == "sendMessage"] == ["7101"]

@@ -1,5 +1,6 @@
 """Subscription topics: a family subscribes (in a conversation, in any language form, or by an
-imported list), and a campaign's audience.topics reaches exactly the contacts holding one."""
+imported list), and a campaign's audience.topics reaches the contacts holding one, and those who
+never chose unless they stopped it (jisr.topics.reaches)."""
 
 from __future__ import annotations
 
@@ -86,16 +87,22 @@ def test_an_imported_list_carries_topics_and_bad_ones_name_line_and_column(engin
     assert contacts.topics_of(first.id) == ["exams", "orientation", "tutoring"]
 
 
-def test_audience_topics_reach_only_subscribed_contacts(engine, tmp_path):
+def test_audience_topics_reach_the_chosen_topics_and_who_never_chose_unless_stopped(engine, tmp_path):
+    """jisr.topics.reaches: a contact that chose topics gets those; one that never chose gets
+    every topic's reminders (it asked for "the reminders", or came from a list without topics)
+    except the ones it stopped."""
     contacts = ContactStore(engine)
     store = CampaignStore(engine)
     ids = {}
-    for name, language, topics in (("exams-ar", "ar", ("exams",)), ("all-fr", "fr", SUBSCRIPTION_TOPICS), ("orientation-es", "es", ("orientation",)), ("none-it", "it", ())):
+    people = (("exams-ar", "ar", ("exams",)), ("all-fr", "fr", SUBSCRIPTION_TOPICS), ("orientation-es", "es", ("orientation",)),
+              ("none-it", "it", ()), ("stopped-exams-de", "de", ()))
+    for name, language, topics in people:
         with engine.begin() as conn:
             ids[name] = int(conn.execute(schema.contacts.insert().values(
                 address=f"telegram:{len(ids) + 1}", channel="telegram", language=language, country="FR", role="parent",
                 consent="opted_in", created_at=NOW, timezone="Europe/Paris")).inserted_primary_key[0])
         contacts.subscribe_topics(ids[name], topics, "conversation")
+    contacts.stop_topics(ids["stopped-exams-de"], ("exams",), "conversation", "telegram")
     path = tmp_path / "exam-reminders.yml"
     path.write_text(
         """id: exam-reminders
@@ -119,7 +126,7 @@ messages:
         encoding="utf-8",
     )
     campaign = load_campaign(path)
-    assert preview(campaign, store, NOW).planned == 2
+    assert preview(campaign, store, NOW).planned == 3
     result = plan(campaign, store, NOW)
-    assert result.planned == 2
-    assert {row["contact_id"] for row in store.sends()} == {ids["exams-ar"], ids["all-fr"]}
+    assert result.planned == 3
+    assert {row["contact_id"] for row in store.sends()} == {ids["exams-ar"], ids["all-fr"], ids["none-it"]}

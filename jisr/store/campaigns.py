@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from jisr.store.contacts import Contact
-from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contact_topics, contacts, messages
+from jisr.store.schema import campaign_runs, campaign_sends, consent_events, contact_topic_stops, contact_topics, contacts, messages
 
 # Statuses of a send that count towards the weekly cap: everything but failed and skipped.
 COUNTED_STATUSES = ("planned", "queued", "sent", "delivered", "read")
@@ -77,14 +77,19 @@ class CampaignStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def topics_between(self, first_contact: int, last_contact: int) -> dict[int, set[str]]:
-        """contact id → the topics it subscribed to, for contacts in [first_contact, last_contact]."""
-        found: dict[int, set[str]] = {}
-        query = sa.select(contact_topics.c.contact_id, contact_topics.c.topic).where(contact_topics.c.contact_id.between(first_contact, last_contact))
+    def topics_between(self, first_contact: int, last_contact: int) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+        """(contact id → the topics it subscribed to, contact id → the topics it stopped), for
+        contacts in [first_contact, last_contact]."""
+        return self._topic_sets(lambda column: column.between(first_contact, last_contact))
+
+    def _topic_sets(self, which: Any) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+        held: dict[int, set[str]] = {}
+        stopped: dict[int, set[str]] = {}
         with self.engine.connect() as conn:
-            for contact_id, topic in conn.execute(query):
-                found.setdefault(contact_id, set()).add(topic)
-        return found
+            for table, found in ((contact_topics, held), (contact_topic_stops, stopped)):
+                for contact_id, topic in conn.execute(sa.select(table.c.contact_id, table.c.topic).where(which(table.c.contact_id))):
+                    found.setdefault(contact_id, set()).add(topic)
+        return held, stopped
 
     # -- sends around a time (the weekly cap) -------------------------------------------------
 
@@ -280,6 +285,13 @@ class CampaignStore:
         )
         with self.engine.connect() as conn:
             found = {row.id: dict(row._mapping) for row in conn.execute(query)}
+        # The contacts' topics, for a campaign about some (jisr.topics.reaches): a family that
+        # stopped exam reminders after the run was scheduled gets none of its messages.
+        contact_ids = sorted({state["contact_id"] for state in found.values()})
+        held, stopped = self._topic_sets(lambda column: column.in_(contact_ids)) if contact_ids else ({}, {})
+        for state in found.values():
+            state["topics"] = held.get(state["contact_id"], set())
+            state["stopped_topics"] = stopped.get(state["contact_id"], set())
         return [found.get(send_id) for send_id in send_ids]
 
     def skip_send(self, send_id: int, reason: str) -> bool:
