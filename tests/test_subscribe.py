@@ -134,6 +134,8 @@ def test_the_browser_language_chooses_the_page_and_darija_reads_arabic(gw):
     assert '<html lang="es"' in gw["client"].get("/subscribe", headers={"Accept-Language": "es-ES,es;q=0.9"}).text
     assert '<html lang="ar" dir="rtl"' in gw["client"].get("/subscribe?lang=ary").text
     assert '<html lang="fr"' in gw["client"].get("/subscribe", headers={"Accept-Language": "nl-NL"}).text
+    # The weights decide, not the order (jisr.http_language, as the consoles read it).
+    assert '<html lang="es"' in gw["client"].get("/subscribe", headers={"Accept-Language": "de;q=0.2, es;q=0.9"}).text
 
 
 # -- a good submission ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from jisr.http_language import preferred_language
 from jisr.paths import CONTENT_DIR
 
 CATALOG_DIR = CONTENT_DIR / "console"
@@ -86,22 +87,9 @@ def from_accept_language(header: Optional[str]) -> Optional[str]:
     "de-CH, fr;q=0.8, *;q=0.1" → "de". Tags are ranked by their q weight (1 when absent; the
     header's order breaks ties); q=0 means "not this one"; "*" names nothing in particular.
     A malformed part is skipped, never an error: the header is the browser's, not the person's.
+    The reading is jisr.http_language's, shared with the public subscription form.
     """
-    ranked: list[tuple[float, int, str]] = []
-    for position, part in enumerate((header or "")[:1000].split(",")):
-        tag, *params = (piece.strip() for piece in part.split(";"))
-        weight = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = -1.0
-        code = supported(tag) if tag and tag != "*" else None
-        if code and weight > 0:
-            ranked.append((-weight, position, code))
-    return min(ranked)[2] if ranked else None
+    return preferred_language(header, supported)
 
 
 def choose_language(query: Optional[str], cookie: Optional[str], accept_language: Optional[str]) -> str:

@@ -43,7 +43,8 @@ from campaigns.definitions import DEFAULT_WEEKLY_CAP
 from jisr import keys
 from jisr.auth.dependencies import client_address, read_form
 from jisr.auth.ratelimit import client_bucket
-from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
+from jisr.http_language import preferred_language
+from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES, reply_language_of
 from jisr.privacy.pseudonym import address_hash
 from jisr.store.contacts import ContactStore
 from jisr.topics import SUBSCRIPTION_TOPICS
@@ -90,18 +91,22 @@ def host_countries() -> tuple[str, ...]:
         return tuple(code for code in yaml.safe_load(handle)["countries"] if code != "MA")
 
 
+def page_code(tag: Optional[str]) -> Optional[str]:
+    """The page's language for a tag ("es", "ES", "es-MX", "ary"), or None if it has none:
+    Darija (ary) readers get the Arabic page, as a family writing Darija gets Arabic replies."""
+    code = (tag or "").strip().lower().replace("_", "-").split("-")[0]
+    code = reply_language_of(code)
+    return code if code in REPLY_LANGUAGES else None
+
+
 def page_language(request: Request) -> str:
-    """?lang= if it is one of the page's languages, else the browser's first one we have, else French."""
-    asked = (request.query_params.get("lang") or "").strip().lower()
-    if asked == "ary":
-        return "ar"
-    if asked in REPLY_LANGUAGES:
-        return asked
-    for part in request.headers.get("accept-language", "").split(","):
-        code = part.split(";")[0].strip().lower()[:2]
-        if code in REPLY_LANGUAGES:
-            return code
-    return DEFAULT_LANGUAGE
+    """?lang= if it is one of the page's languages, else the browser's most wanted one we have
+    (Accept-Language with its q weights, read as the consoles read it), else French."""
+    return (
+        page_code(request.query_params.get("lang"))
+        or preferred_language(request.headers.get("accept-language"), page_code)
+        or DEFAULT_LANGUAGE
+    )
 
 
 def normalise_phone(value: str) -> Optional[str]:
