@@ -292,3 +292,126 @@ def test_two_processes_releasing_at_once_take_each_waiting_message_once(tmp_path
     finally:
         for engine in engines:
             engine.dispose()
+
+
+# --- a mediator's answer outlives the case; nothing held goes out after its expiry ---------------------
+
+
+def contact_messages(gw: dict[str, Any], contact_id: int) -> list[Any]:
+    with gw["engine"].connect() as conn:
+        return conn.execute(sa.select(schema.messages).where(schema.messages.c.contact_id == contact_id).order_by(schema.messages.c.id)).all()
+
+
+def templates_to_phone(gw: dict[str, Any], phone: str) -> list[dict[str, Any]]:
+    return [r for r in recorded(gw["twilio"]) if to_phone(phone)(r) and r.get("content_sid")]
+
+
+def test_whatsapp_mediators_answer_waiting_when_the_case_is_resolved_goes_out_before_the_notice_in_spanish(gw):
+    """30 hours after the family's last message the mediator answers (a template asks the family to
+    write), then resolves the case. When the family writes: the answer, then "resolved", then the
+    bot's reply to that message, each once; one template in all."""
+    phone = new_phone("34")
+    address = f"whatsapp:{phone}"
+    contact_id = add_contact(gw["engine"], address, "whatsapp", country="ES", language="es")
+    handoff = open_case(gw, "es", address, lambda: whatsapp(gw, phone, "quiero hablar con una persona"), lambda: texts_to_phone(gw, phone))
+    before = len(texts_to_phone(gw, phone))
+    backdate_window(gw["engine"], address, dt.timedelta(hours=30))
+    answer = "Hola, soy Lucía. He hablado con el colegio: la reunión es el lunes a las 10:00."
+    notice = REPLIES.text("handoff_resolved", "es")
+
+    reply = gw["api"]["es"].post(f"/handoffs/{handoff['id']}/reply", json={"text": answer, "idempotency_key": f"held-es-{phone}"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["form"] == "template"
+    assert len(wait_for(gw["twilio"], lambda r: to_phone(phone)(r) and r.get("content_sid"))) == 1
+    assert gw["api"]["es"].post(f"/handoffs/{handoff['id']}/resolve").json()["handoff"]["status"] == "resolved"
+    assert len(quiet_for(1.5, lambda: templates_to_phone(gw, phone))) == 1  # the answer's template already asked
+    assert len(texts_to_phone(gw, phone)) == before
+    assert shown_in_console(gw, "es", handoff["id"], answer)["status"] == AWAITING_WINDOW  # not failed: still going out
+    assert shown_in_console(gw, "es", handoff["id"], notice)["status"] == AWAITING_WINDOW
+
+    whatsapp(gw, phone, "hola, ¿qué tal?")
+    wait_for(gw["twilio"], lambda r: to_phone(phone)(r) and not r.get("content_sid"), count=before + 3)
+    bodies = [r["body"] for r in settled(gw["twilio"], lambda r: to_phone(phone)(r) and not r.get("content_sid"))[before:]]
+    assert bodies[:2] == [answer, notice], bodies
+    assert bodies.count(answer) == 1 and bodies.count(notice) == 1, bodies
+
+    rows = contact_messages(gw, contact_id)
+    family = max(r.id for r in rows if r.direction == "in")
+    bot_reply = [r.text for r in rows if r.direction == "out" and r.id > family]
+    assert bot_reply and bodies[2:] == bot_reply  # the assistant's answer to "hola", once, after both
+    assert [r.status for r in notice_rows(gw, handoff["id"], answer)] == ["sent"]
+    assert [r.status for r in notice_rows(gw, handoff["id"], notice)] == ["sent"]
+    assert len(templates_to_phone(gw, phone)) == 1
+
+
+def test_messenger_notice_kept_past_the_expiry_is_not_sent_and_shown_expired_in_italian(gw):
+    """A hand-back notice kept (Messenger, 10 days) for longer than held_messages_expire_after_days
+    is recorded failed ("expired") when the family writes, not sent; the bot answers them."""
+    psid = new_psid()
+    address = f"messenger:{psid}"
+    add_contact(gw["engine"], address, "messenger", country="IT", language="it")
+    handoff = open_case(gw, "it", address, lambda: messenger(gw, psid, "voglio parlare con una persona vera"), lambda: messenger_sent(gw, psid))
+    before = len(messenger_sent(gw, psid))
+    backdate_window(gw["engine"], address, dt.timedelta(days=10))
+    messenger_window(gw, psid, False)
+    notice = REPLIES.text("handoff_back", "it")
+    try:
+        assert gw["api"]["it"].post(f"/handoffs/{handoff['id']}/hand-back").status_code == 200
+        assert len(quiet_for(1.0, lambda: messenger_sent(gw, psid))) == before
+    finally:
+        messenger_window(gw, psid, True)
+    [row] = notice_rows(gw, handoff["id"], notice)
+    assert row.status == AWAITING_WINDOW
+    kept = default_config().held_messages_expire_after + dt.timedelta(hours=1)
+    with gw["engine"].begin() as conn:  # the family stays silent longer than the expiry
+        conn.execute(schema.messages.update().where(schema.messages.c.id == row.id).values(created_at=dt.datetime.now(UTC) - kept))
+
+    messenger(gw, psid, "ciao, una domanda sulla mensa")
+    wait_for(gw["graph"], to_psid(psid), count=before + 1)
+    texts = [((m.get("message") or {}).get("text")) for m in (r["json"] for r in settled(gw["graph"], to_psid(psid))[before:])]
+    assert notice not in texts, texts
+    assert texts  # the assistant answered the family's message
+    [row] = notice_rows(gw, handoff["id"], notice)
+    assert (row.status, row.error_code) == ("failed", "expired")  # recorded by the release, before any console read
+    assert shown_in_console(gw, "it", handoff["id"], notice)["status"] == "expired"
+
+
+def test_expiry_takes_only_waiting_messages_older_than_the_cutoff(tmp_path):
+    from jisr.mediation.store import EXPIRED, HandoffStore
+    from jisr.store.contacts import ContactStore, create_db_engine
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
+    try:
+        contacts, store = ContactStore(engine), HandoffStore(engine)
+        cid = add_contact(engine, f"whatsapp:{new_phone('213')}", "whatsapp", country="DZ", language="ar")
+        handoff = store.open(cid, "whatsapp", "request", 5, "DZ", "ar", "parent").handoff
+        now = dt.datetime.now(UTC)
+        ids = []
+        for index, age in enumerate((dt.timedelta(days=20), dt.timedelta(days=15), dt.timedelta(days=2))):
+            ids.append(contacts.log_outbound(cid, "whatsapp", REPLIES.text("handoff_back", "ar"), f"expiry-test:{cid}:{index}:0"))
+            store.tag_message(ids[-1], handoff.id, None, AWAITING_WINDOW)
+            with engine.begin() as conn:
+                conn.execute(schema.messages.update().where(schema.messages.c.id == ids[-1]).values(created_at=now - age))
+        cutoff = now - dt.timedelta(days=14)
+        assert [m["id"] for m in store.expire_awaiting(cid, cutoff)] == ids[:2]
+        assert store.expire_awaiting(cid, cutoff) == []  # once
+        assert [m["id"] for m in store.take_awaiting(cid)] == ids[2:]
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(schema.messages.c.status, schema.messages.c.error_code).where(schema.messages.c.id.in_(ids[:2]))).all()
+        assert [tuple(r) for r in rows] == [("failed", EXPIRED)] * 2
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("value", [0, -3, "two weeks", True, None])
+def test_a_wrong_expiry_is_refused_naming_the_file_and_the_field(value):
+    import yaml
+
+    from jisr.mediation.config import CONFIG_PATH, MediationConfig, MediationConfigError
+
+    data = yaml.safe_load(CONFIG_PATH.read_text(encoding="utf-8"))
+    data["held_messages_expire_after_days"] = value
+    with pytest.raises(MediationConfigError, match=r"content/mediation\.yml: held_messages_expire_after_days must be a positive number of days"):
+        MediationConfig.from_mapping(data)
+    data["held_messages_expire_after_days"] = 3
+    assert MediationConfig.from_mapping(data).held_messages_expire_after == dt.timedelta(days=3)

@@ -33,7 +33,7 @@ from jisr.auth.dependencies import require_roles
 from jisr.auth.models import Account
 from jisr.auth.store import AccountStore
 from jisr.mediation.service import MAX_REPLY_CHARS, Mediation, ReplyRefused, covers_language, least_loaded
-from jisr.mediation.store import CLOSED, MAX_NOTE_CHARS, OPEN, Handoff, ListedHandoff
+from jisr.mediation.store import CLOSED, EXPIRED, MAX_NOTE_CHARS, OPEN, Handoff, ListedHandoff
 from jisr.paths import REPLY_LANGUAGES, reply_language_of
 
 UTC = dt.timezone.utc
@@ -206,6 +206,7 @@ async def get_handoff(handoff_id: int, account: MediatorDep, mediation: Mediatio
     contact = await asyncio.to_thread(mediation.contacts.get, handoff.contact_id)
     if contact is None:
         raise HTTPException(404, "the family's data was erased")
+    await mediation.expire_held(contact)  # what will never go out must not read "goes out when the family answers"
     rows = await asyncio.to_thread(mediation.handoffs.transcript, contact.id)
     notes = await asyncio.to_thread(mediation.handoffs.notes, handoff.id)
     topics = sorted(set(handoff.topics) | set(await asyncio.to_thread(mediation.handoffs.topics_seen, contact.id)))
@@ -233,6 +234,8 @@ async def get_handoff(handoff_id: int, account: MediatorDep, mediation: Mediatio
 
 
 def _transcript_item(row: dict[str, Any]) -> dict[str, Any]:
+    """One message for the console; a waiting message dropped at its expiry reads ``expired``
+    (recorded failed with that reason), not the generic "not delivered"."""
     if row["direction"] == "in":
         author, name = "family", None
     elif row.get("author_account_id"):
@@ -246,7 +249,7 @@ def _transcript_item(row: dict[str, Any]) -> dict[str, Any]:
         "author_name": name,
         "text": row.get("text") or "",
         "media": json.loads(row["media"]) if row.get("media") else [],
-        "status": row["status"],
+        "status": EXPIRED if row["status"] == "failed" and row.get("error_code") == EXPIRED else row["status"],
         "at": _iso(row["created_at"]),
     }
 

@@ -20,6 +20,8 @@ from jisr.holidays import HolidayBook, default_holidays
 from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
 
 CONFIG_PATH = CONTENT_DIR / "mediation.yml"
+# How errors name the file (where operators edit it).
+CONFIG_NAME = "content/mediation.yml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 REASONS = ("safety", "harassment", "dropout", "discrimination", "school_conflict", "request", "not_understood")
 DEFAULT_ESCALATION_NOTICE = "Jisr: conversation {id} waiting for {minutes} min ({reason}, priority {priority}, {country}, {language}). {link}"
@@ -89,6 +91,10 @@ class MediationConfig:
     messenger_human_agent: dt.timedelta
     quick_replies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     escalation_notice: str = DEFAULT_ESCALATION_NOTICE
+    # A message kept for the family's window (a mediator's text, a notice that the case ended)
+    # older than this is recorded failed ("expired") instead of sent: months later its words
+    # ("the mediator closed your case") would mislead.
+    held_messages_expire_after: dt.timedelta = dt.timedelta(days=14)
 
     def hours(self, country: Optional[str]) -> WorkingHours:
         return self.hours_by_country.get((country or "").upper(), self.default_hours)
@@ -100,8 +106,9 @@ class MediationConfig:
         return self.whatsapp_templates.get(language or "fr") or self.whatsapp_templates.get("fr")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], holidays: Optional[HolidayBook] = None) -> "MediationConfig":
-        """``holidays``: the public holidays to apply (default: the files in content/calendars/public_holidays/)."""
+    def from_mapping(cls, data: Mapping[str, Any], holidays: Optional[HolidayBook] = None, source: str = CONFIG_NAME) -> "MediationConfig":
+        """``holidays``: the public holidays to apply (default: the files in content/calendars/public_holidays/);
+        ``source``: the file named in errors."""
         book = holidays if holidays is not None else default_holidays()
         hours = data.get("working_hours") or {}
         if "default" not in hours:
@@ -130,17 +137,27 @@ class MediationConfig:
             messenger_human_agent=dt.timedelta(days=_positive(data, "messenger_human_agent_days", 7)),
             quick_replies=quick,
             escalation_notice=str(data.get("escalation_notice") or DEFAULT_ESCALATION_NOTICE),
+            held_messages_expire_after=dt.timedelta(days=_days(data, "held_messages_expire_after_days", 14, source)),
         )
 
     @classmethod
     def from_file(cls, path: Path = CONFIG_PATH) -> "MediationConfig":
-        return cls.from_mapping(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        source = CONFIG_NAME if path == CONFIG_PATH else str(path)
+        return cls.from_mapping(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=source)
 
 
 def _positive(data: Mapping[str, Any], name: str, default: float) -> float:
     value = data.get(name, default)
     if not isinstance(value, (int, float)) or value <= 0:
         raise MediationConfigError(f"{name}: must be a positive number of units, not {value!r}")
+    return float(value)
+
+
+def _days(data: Mapping[str, Any], name: str, default: float, source: str) -> float:
+    """A positive number of days (a YAML ``true`` is not one, though Python counts it as 1)."""
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise MediationConfigError(f"{source}: {name} must be a positive number of days (for example 14), not {value!r}")
     return float(value)
 
 

@@ -8,7 +8,9 @@ process: state lives in SQL and Redis only.
 What the platform does not let go out now (a mediator's text outside WhatsApp's 24 hours, the
 assistant's notice that a case was handed back or resolved days later) is not dropped: it is
 logged with the status ``awaiting_window`` (the console shows it as waiting) and goes out,
-oldest first, when the family next writes, before the answer to that message.
+oldest first, when the family next writes, before the answer to that message — also after the
+case ended, so a mediator's answer precedes the notice. Past ``held_messages_expire_after_days``
+(content/mediation.yml) it is recorded failed (``expired``) instead: its words are out of date.
 """
 
 from __future__ import annotations
@@ -314,6 +316,7 @@ class Mediation:
         ``asker`` set (WhatsApp with a reopen template): the template, in their name, asks the
         family to write back — once: not when something already waits for them (it was asked).
         """
+        await self.expire_held(contact)  # an expired text is no longer a reason not to ask again
         already_asked = bool(await asyncio.to_thread(self.handoffs.awaiting_window, contact.id))
         await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, author_id, AWAITING_WINDOW)
         # The family may have written between the window check and the tag above, and that
@@ -347,7 +350,9 @@ class Mediation:
 
     async def release_waiting(self, contact: Contact) -> None:
         """The family wrote: the window is open again, so the mediators' texts and the assistant's
-        notices that waited for it go out now, oldest first, as plain text (inside the window)."""
+        notices that waited for it go out now, oldest first, as plain text (inside the window);
+        those kept past the expiry are recorded expired instead."""
+        await self.expire_held(contact)
         taken = await asyncio.to_thread(self.handoffs.take_awaiting, contact.id)
         for index, item in enumerate(taken):
             key = str(item["idempotency_key"]).rsplit(":", 1)[0]  # logged as "<job key>:0"
@@ -362,9 +367,24 @@ class Mediation:
             if handoff is not None:
                 await self.publish("message.out", handoff)
 
+    async def expire_held(self, contact: Contact, now: Optional[dt.datetime] = None) -> int:
+        """Record the contact's waiting messages older than ``held_messages_expire_after`` as
+        failed (``expired``), so they are never sent; how many. Called before every release and
+        before a transcript is shown, so the console never promises what will not go out."""
+        now = now or dt.datetime.now(UTC)
+        expired = await asyncio.to_thread(self.handoffs.expire_awaiting, contact.id, now - self.config.held_messages_expire_after, now)
+        for handoff_id in sorted({item["handoff_id"] for item in expired if item["handoff_id"]}):
+            logger.info("handoff %s: waiting message(s) expired unsent after %s days", handoff_id, self.config.held_messages_expire_after.days)
+            handoff = await asyncio.to_thread(self.handoffs.get, handoff_id)
+            if handoff is not None:
+                await self.publish("message.out", handoff)  # the consoles refresh the transcript
+        return len(expired)
+
     async def end(self, handoff: Handoff, status: str, by: Optional[Account] = None) -> Change:
         """Hand back (the bot resumes) or resolve; the family is told in its language (``by``:
-        who ended it, named in the WhatsApp template when the notice needs one)."""
+        who ended it, named in the WhatsApp template when the notice needs one). A mediator's
+        texts still waiting for the window stay queued ahead of that notice (HandoffStore.end);
+        their template already asked the family to write, so the notice sends none."""
         change = await asyncio.to_thread(self.handoffs.end, handoff.id, status)
         if not change.ok or change.handoff is None:
             return change

@@ -29,6 +29,9 @@ CLOSED = ("handed_back", "resolved")
 # back (a template asked them to); so does the assistant's notice about a handoff that the
 # platform does not let go out now. This is their message status meanwhile.
 AWAITING_WINDOW = "awaiting_window"
+# The error code of a waiting message kept past held_messages_expire_after_days
+# (content/mediation.yml): recorded failed instead of sent, its words being out of date by then.
+EXPIRED = "expired"
 MAX_NOTE_CHARS = 4000
 
 
@@ -257,19 +260,18 @@ class HandoffStore:
         return Change(False, handoff, held_elsewhere)
 
     def end(self, handoff_id: int, status: str, now: Optional[dt.datetime] = None) -> Change:
-        """Hand back or resolve; pending mediator texts that never went out are marked failed."""
+        """Hand back or resolve.
+
+        A mediator's texts still waiting for the family's window keep waiting: they go out when
+        the family next writes, before the notice that the case ended (oldest first), so the
+        family never reads "resolved" without the mediator's answer.
+        """
         assert status in CLOSED
         now = now or _now()
         with self.engine.begin() as conn:
             changed = conn.execute(
                 handoffs.update().where(handoffs.c.id == handoff_id, handoffs.c.status.in_(OPEN)).values(status=status, ended_at=now)
             ).rowcount
-            if changed:
-                conn.execute(
-                    messages.update()
-                    .where(messages.c.handoff_id == handoff_id, messages.c.status == AWAITING_WINDOW)
-                    .values(status="failed", error_code="window_not_reopened", updated_at=now)
-                )
             current = conn.execute(sa.select(handoffs).where(handoffs.c.id == handoff_id)).first()
         if current is None:
             return Change(False, None, "no such handoff")
@@ -333,6 +335,26 @@ class HandoffStore:
                 .order_by(messages.c.id)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    def expire_awaiting(self, contact_id: int, logged_before: dt.datetime, now: Optional[dt.datetime] = None) -> list[dict[str, Any]]:
+        """Record as failed (``expired``) the contact's waiting messages logged before ``logged_before``;
+        those *this* call moved (conditional on still waiting, as ``take_awaiting``), oldest first."""
+        expired = []
+        with self.engine.begin() as conn:
+            stale = conn.execute(
+                sa.select(messages.c.id, messages.c.handoff_id)
+                .where(messages.c.contact_id == contact_id, messages.c.status == AWAITING_WINDOW, messages.c.created_at < logged_before)
+                .order_by(messages.c.id)
+            ).all()
+            for item in stale:
+                moved = conn.execute(
+                    messages.update()
+                    .where(messages.c.id == item.id, messages.c.status == AWAITING_WINDOW)
+                    .values(status="failed", error_code=EXPIRED, updated_at=now or _now())
+                ).rowcount
+                if moved:
+                    expired.append(dict(item._mapping))
+        return expired
 
     def take_awaiting(self, contact_id: int) -> list[dict[str, Any]]:
         """The waiting messages (``awaiting_window``) that *this* call moved to 'queued', oldest first.
