@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from jisr.auth.store import AccountStore
 from jisr.console import catalog
 from jisr.store.contacts import create_db_engine
-from jisr.store.schema import contacts, handoffs
+from jisr.store.schema import contacts, handoffs, messages
 
 WAIT_MS = 20_000
 WAIT_S = WAIT_MS / 1000
@@ -647,6 +647,13 @@ def test_the_reply_window_is_shown_and_followed_on_messenger_and_whatsapp(stack,
     new = records()[before:]
     assert any(r.get("content_sid") for r in new), new
     assert not any(r.get("body") == text for r in new), "the text went out before the family reopened the window"
+
+    # Kept longer than held_messages_expire_after_days (content/mediation.yml, 14): it will never go
+    # out, and the transcript says so instead of "goes out when the family answers".
+    with create_db_engine(stack["database_url"]).begin() as conn:
+        conn.execute(messages.update().where(messages.c.text == text).values(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=15)))
+    _reopen(page, handoff["id"])
+    page.wait_for_function("() => [...document.querySelectorAll('#transcript .msg-mediator .msg-meta')].some(n => n.textContent.includes('expiré, non envoyé'))", timeout=WAIT_MS)
     assert page.js_errors == []
 
 
