@@ -409,6 +409,10 @@ class Mediation:
         text = self.replies.text(reply_key_name, family_language(handoff, contact))
         message_id = await asyncio.to_thread(self.contacts.log_outbound, contact.id, handoff.channel, text, f"{key}:0")
         if form.form in SENDABLE_NOW:
+            if form.form == "text":
+                # The family's message that opened the window may not have released a mediator's
+                # waiting text yet (the case ended at that moment): it goes first, then the notice.
+                await self.release_waiting(contact)
             await asyncio.to_thread(self.handoffs.tag_message, message_id, handoff.id, None)
             await self.outbox.enqueue(self._text_job(key, handoff.channel, contact, text, form.form))
             return
