@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from jisr.store.contacts import ContactStore
-from jisr.topics import TopicStop, subscribed_topics, unsubscribed_topics
+from jisr.topics import SUBSCRIPTION_TOPICS, TopicStop, subscribed_topics, unsubscribed_topics
 
 SOURCE = "conversation"
 
@@ -27,6 +27,13 @@ def record_opt_out(store: ContactStore, contact_id: int, text: str, channel: str
 
 
 def record_opt_in(store: ContactStore, contact_id: int, text: str, channel: str) -> list[str]:
-    """Record an opt-in message (consent, then the topics it names or all); the topics added."""
+    """Record an opt-in message (consent, then the topics it names or all); the topics added.
+
+    A family that already gets every reminder without having chosen topics (jisr.topics.reaches:
+    subscribed, no topic held, none stopped) keeps getting them all: asking for exam reminders
+    must not stop the others."""
+    gets_everything = set(store.reminder_topics(contact_id)) == set(SUBSCRIPTION_TOPICS) and not store.topics_of(contact_id)
     store.record_consent(contact_id, "opted_in", SOURCE, None, channel)
+    if gets_everything:
+        return []
     return store.subscribe_topics(contact_id, subscribed_topics(text), SOURCE)

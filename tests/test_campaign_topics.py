@@ -130,3 +130,20 @@ messages:
     result = plan(campaign, store, NOW)
     assert result.planned == 3
     assert {row["contact_id"] for row in store.sends()} == {ids["exams-ar"], ids["all-fr"], ids["none-it"]}
+
+
+@pytest.mark.parametrize("text", ["je veux les rappels des examens", "bghit tfakir dyal l'imtihanat", "quiero los recordatorios de los exámenes"])
+def test_asking_for_one_topic_never_narrows_a_family_that_gets_every_reminder(engine, text):
+    from jisr.consent import record_opt_in
+
+    contacts = ContactStore(engine)
+    ids = {}
+    for name, consent in (("subscribed-without-topics", "opted_in"), ("new", "unknown")):
+        with engine.begin() as conn:
+            ids[name] = int(conn.execute(schema.contacts.insert().values(
+                address=f"telegram:{len(ids) + 500}", channel="telegram", language="fr", country="FR", role="parent",
+                consent=consent, created_at=NOW, timezone="Europe/Paris")).inserted_primary_key[0])
+    assert record_opt_in(contacts, ids["subscribed-without-topics"], text, "telegram") == []
+    assert contacts.reminder_topics(ids["subscribed-without-topics"]) == SUBSCRIPTION_TOPICS, "still every reminder"
+    assert record_opt_in(contacts, ids["new"], text, "telegram") == ["exams"]
+    assert contacts.reminder_topics(ids["new"]) == ("exams",), "a new subscriber gets what it asked for"
