@@ -39,7 +39,7 @@ from campaigns.planner import Occurrence, Plan, occurrences, plan
 from connectors.base import window_open
 from jisr import keys
 from jisr.calendars import CalendarBook, default_calendars
-from jisr.outbox import BATCH_SIZE, BULK_QUEUE, CampaignBatch, Outbox, SendContext, SendJob
+from jisr.outbox import BATCH_SIZE, BULK_QUEUE, RETRY_JOB_PREFIX, CampaignBatch, Outbox, SendContext, SendJob
 from jisr.progress import ProgressFactory
 from jisr.topics import reaches
 from jisr.store.campaigns import CampaignStore
@@ -238,7 +238,8 @@ async def _wake(outbox: Outbox, store: CampaignStore, run_id: int, respect_sched
     moves = {job_id.decode(): max(int(at) if respect_schedule else now_ms, now_ms) for job_id, at in registry.items()}
     for send in await asyncio.to_thread(store.pending_sends, run_id):
         at = int(send["scheduled_at"].timestamp() * 1000) if respect_schedule and send["scheduled_at"] else now_ms
-        moves[send["idempotency_key"]] = max(at, now_ms)
+        # A single send's job: one queued before batches, or one a batch handed off to retry on its own.
+        moves[send["idempotency_key"]] = moves[RETRY_JOB_PREFIX + send["idempotency_key"]] = max(at, now_ms)
     for start in range(0, len(moves), 1000):
         part = dict(list(moves.items())[start : start + 1000])
         # XX: only jobs still in the queue; a finished job is not re-created.

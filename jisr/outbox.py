@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -58,14 +59,11 @@ BACKOFF_CAP_SECONDS = 300.0
 # (two workers peaked near 300-450 sends/s, `jisr bench campaigns`). Each send in a batch is
 # still decided, rate-limited, claimed and recorded on its own, exactly as a single job's.
 BATCH_SIZE = 100
-# Batch jobs a bulk worker runs at once: their sends share the worker's ``max_jobs`` slots, and a
-# second and third batch keep the slots busy while the first one finishes its last sends.
-BATCHES_IN_FLIGHT = 3
-# A batch whose sends fail unexpectedly (not a provider's answer: a bug, a database error) is run
-# again after a backoff, at most this many times; then arq records it failed and its unsent
-# sends stay 'queued' in the report.
-BATCH_MAX_UNEXPECTED = 8
-
+# Batch jobs a bulk worker runs at once: their sends share the worker's ``max_jobs`` slots. Several,
+# so that batches of every channel go on together (a batch is one channel's; one waiting for its
+# channel's rate limit must not leave the others idle), and the next batches keep the slots busy
+# while one finishes its last sends.
+BATCHES_IN_FLIGHT = 8
 # Turn order of replies (_wait_for_turn): how often a waiting turn looks again, and how long a
 # conversation's list lives without a new reply.
 ORDER_RECHECK_SECONDS = 0.2
@@ -465,43 +463,72 @@ async def _campaign_send(ctx: dict[str, Any], send_ctx: SendContext, job: SendJo
 async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str:
     """The worker function of a campaign batch: each send as a single job would do it, together.
 
-    The sends run concurrently within the worker's slots. One that must wait (rate limit, channel
-    pause, a paused run, a provider's transient error, another attempt's live claim) does not
-    hold the others: when all are done, the batch is run again after the longest of those waits,
-    and on that run every send already settled is found settled (its row's status) and skipped.
-    So retries, at-most-once claims and MAX_TRIES behave per send exactly as for single jobs.
+    The sends run concurrently within the worker's slots, and none holds the others up:
+
+    - a send the provider refused for now (5xx, timeout, a 429 for this message) or that failed
+      unexpectedly leaves the batch for its own job (``send_message``, id ``retry:<key>``), which
+      retries it with its own backoff and MAX_TRIES, as any single send;
+    - when the channel cannot send for a while (ChannelBusy: its 429 pause, or a rate-limit
+      queue longer than IN_JOB_WAIT_SECONDS), or the run is paused, or another attempt's claim
+      may still be live, the sends not done stay in the batch: its body is rewritten with them
+      only, and it runs again after the wait.
+
+    Every send is still decided, claimed and recorded on its own, so a batch run again after a
+    crash finds what was settled (its row's status) and skips it.
     """
     send_ctx: SendContext = ctx["send_context"]
+    redis: ArqRedis = ctx["redis"]
     tally: Counter = Counter()
     waits: list[float] = []
-    unexpected: list[BaseException] = []
-    busy: list[float] = []  # the channel said "not now" (ChannelBusy): the sends not started wait too
+    later: list[dict[str, Any]] = []   # sends this batch does on its next run
+    busy: list[float] = []             # the channel said "not now": the sends not started wait too
+    handed_off = 0
 
     async def one(payload: dict[str, Any]) -> None:
+        nonlocal handed_off
         async with send_ctx.slots:
             if busy:
+                later.append(payload)
                 return
             try:
                 await _campaign_send(ctx, send_ctx, SendJob.from_dict(payload), tally)
             except ChannelBusy as retry:
                 busy.append((retry.defer_score or 0) / 1000.0)
+                later.append(payload)
             except Retry as retry:
-                waits.append((retry.defer_score or 0) / 1000.0)
-            except Exception as error:  # noqa: BLE001 - the other sends go on; see below
-                unexpected.append(error)
+                if retry.__cause__ is None:  # a paused run, or a claim that may still be live
+                    waits.append((retry.defer_score or 0) / 1000.0)
+                    later.append(payload)
+                else:
+                    await _hand_off(redis, payload, (retry.defer_score or 0) / 1000.0)
+                    handed_off += 1
+            except Exception:  # noqa: BLE001 - the other sends go on
+                logger.exception("a campaign send failed unexpectedly: it is retried on its own")
+                await _hand_off(redis, payload, backoff_seconds(1))
+                handed_off += 1
 
     await asyncio.gather(*(one(p) for p in payloads))
-    await metrics.inc_many(ctx["redis"], tally)
-    waits += busy[:1]
-    if unexpected:
-        tries = int(ctx.get("job_try") or 1)
-        logger.error("a campaign batch hit %d unexpected errors (%s); try %d", len(unexpected), type(unexpected[0]).__name__, tries)
-        if tries >= BATCH_MAX_UNEXPECTED:
-            raise unexpected[0]
-        waits.append(backoff_seconds(tries))
-    if waits:
-        raise Retry(defer=max(waits))
-    return f"batch of {len(payloads)} done"
+    await metrics.inc_many(redis, tally)
+    if later:
+        # Only the sends not done stay in the job's body (arq keeps the body across a Retry).
+        enqueued = ctx.get("enqueue_time")
+        enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else int(time.time() * 1000)
+        body = serialize_job("send_batch", (later,), {}, None, enqueued_ms, serializer=redis.job_serializer)
+        await redis.set(job_key_prefix + str(ctx["job_id"]), body, keepttl=True, xx=True)
+        raise Retry(defer=max(waits + busy[:1]) if waits or busy else backoff_seconds(1))
+    return f"batch of {len(payloads)} done ({handed_off} to retry on their own)"
+
+
+# A campaign send a batch handed off (see send_batch) is retried by its own job of this id.
+RETRY_JOB_PREFIX = "retry:"
+
+
+async def _hand_off(redis: ArqRedis, payload: dict[str, Any], defer: float) -> None:
+    """Queue one send of a batch as its own job, after ``defer`` (its backoff or retry-after).
+    A job of that id already there (a batch run again after a crash) keeps it: one is enough."""
+    await redis.enqueue_job(
+        "send_message", payload, _job_id=RETRY_JOB_PREFIX + payload["idempotency_key"], _queue_name=BULK_QUEUE, _defer_by=max(defer, 0.0) or None
+    )
 
 
 async def _send_counted(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob, tally: Optional[Counter] = None) -> str:
@@ -571,7 +598,7 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
         tries = await _take_turn(redis, job.channel, send_ctx.rates.get(job.channel, 10.0), key)
         # A campaign send is logged here, with its claim, in one transaction (a reply was logged by the gateway).
         log = (job.contact_id, job.channel, _logged_text(job, index)) if job.is_campaign and job.contact_id else None
-        claim = await _claim(send_ctx, connector, message, key, tries, lease, job.send_id, log)
+        claim = await _claim(send_ctx, connector, message, key, tries, lease, job.send_id, log, resend_in_doubt=job.lane == "replies")
         if claim == SETTLED:
             continue
         try:
@@ -629,14 +656,17 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
 # - no answer at all (the process died): the row stays 'sending'. The next attempt finds the
 #   claim. A claim younger than the lease (the job timeout: arq cancels a job that runs longer,
 #   so no live attempt holds a claim older than that) may belong to a live attempt: look again
-#   later. An older one is in doubt, and is *reconciled*, never blindly resent:
+#   later. An older one is in doubt, and is *reconciled*:
 #     * where the platform can list what it accepted (Twilio: GET Messages.json by To/From,
 #       ``Connector.sent_since``), a message to the address created within the claim's lease
 #       whose id our log does not already hold is the one in doubt: recorded 'sent' with its
 #       id; none: it did not go out, and it is claimed again and sent;
-#     * where it cannot (Telegram, Messenger, web chat), it is recorded 'failed' with the reason
-#       ``in_doubt``: at most once, and an operator sees it in the report (failed_by_reason),
-#       rather than a family getting the message twice.
+#     * where it cannot (Telegram, Messenger, web chat), a campaign send is recorded 'failed'
+#       with the reason ``in_doubt``: at most once, and an operator sees it in the report
+#       (failed_by_reason), rather than thousands of families risking a second copy; a *reply*
+#       is sent again: a family waiting for an answer is better served by a rare second copy
+#       of one part than by an answer cut short (the soak measured both: a kill -9 of the reply
+#       worker cut 2 reply parts out of 1,600 messages' replies).
 #
 # The window left: a read timeout answered by nobody is still treated as a refusal and retried
 # (a provider that took the message but whose answer was lost is the same doubt as a crash;
@@ -668,6 +698,7 @@ async def _claim(
     lease: float,
     send_id: Optional[int],
     log: Optional[tuple[int, str, str]] = None,
+    resend_in_doubt: bool = False,
 ) -> str:
     """Claim ``key`` for the call numbered ``token``: CLAIMED, UNCLAIMED, or SETTLED (sent or
     recorded in doubt by a reconciliation here or by another attempt). Raises Retry while
@@ -688,6 +719,12 @@ async def _claim(
     try:
         candidates = await connector.sent_since(message.address, at - dt.timedelta(seconds=LOOKUP_SKEW_SECONDS))
     except NotImplementedError:
+        if resend_in_doubt:
+            # A reply: the family is waiting for this answer. Sent again, at the risk of a second
+            # copy if the dead attempt's had gone out, rather than leaving the answer cut short.
+            status, _, _ = await asyncio.to_thread(store.claim_outbound, key, token, int(holder))
+            logger.warning("a reply on %s was in flight when its worker died: sent again (a copy may already be there)", message.channel.value)
+            return CLAIMED if status == CLAIMED else SETTLED
         await asyncio.to_thread(store.mark_failed, key, IN_DOUBT, int(holder), send_id)
         logger.warning("a send on %s was in flight when its worker died: recorded failed (in_doubt), not resent", message.channel.value)
         return SETTLED

@@ -367,6 +367,39 @@ def test_a_send_in_doubt_after_a_crash_is_reconciled_not_resent(env):
     assert report is not None and report["failed_by_reason"] == {"in_doubt": 1}
 
 
+def test_a_reply_in_doubt_after_a_crash_is_sent_again_not_cut_short(env):
+    """Telegram cannot be asked what it accepted. A campaign send in doubt is recorded failed
+    (above); a reply part in doubt is sent again, in the family's language as written."""
+    from jisr.outbox import REPLIES_QUEUE, SendJob
+
+    contact = add_contact(env, "telegram:7301", language="ar")
+    key = "reply:doubt-after-crash"
+    text = "مرحبا، التسجيل في المدرسة يتم في البلدية"
+    env["contacts"].log_outbound(contact, "telegram", text, f"{key}:0")
+    _leave_dead_claim(env, f"{key}:0", seconds_ago=3)
+
+    async def scenario() -> None:
+        outbox = await Outbox.connect(env["redis"].host, env["redis"].port)
+        try:
+            assert await outbox.enqueue(SendJob(key, "telegram", "telegram:7301", parts=((text, ()),), contact_id=contact, lane="replies"))
+        finally:
+            await outbox.close()
+        handle = env["redis"]
+        connectors = build_connectors(env["settings"], handle.client())
+        worker = build_worker(SendContext(connectors, env["contacts"]), handle.host, handle.port, queue=REPLIES_QUEUE, burst=True, job_timeout=2)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+            for connector in connectors.values():
+                await connector.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    sent = [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"]
+    assert [(str(r["params"]["chat_id"]), r["params"]["text"]) for r in sent] == [("7301", text)]
+    assert env["contacts"].outbound_status(f"{key}:0") == "sent"
+
+
 def test_a_fresh_claim_is_left_to_its_attempt(env):
     """A claim younger than the job timeout may belong to a live attempt: nobody else sends it."""
     contact = add_contact(env, "telegram:5031")

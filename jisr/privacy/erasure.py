@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from connectors.types import address_id
 from jisr import keys
+from jisr.outbox import RETRY_JOB_PREFIX
 from jisr.privacy.pseudonym import address_hash, suppression_hash
 from jisr.privacy.state import ConversationRedis
 from jisr.store.schema import campaign_sends, contacts, messages, metadata, suppressed_addresses
@@ -84,7 +85,8 @@ def erasure_target(engine: Engine, contact_id: int, whole_profile: bool = False)
         by_run.setdefault(send.run_id, []).append(send.idempotency_key)
     part_keys = [m.idempotency_key for m in logged if m.direction == "out" and m.idempotency_key]
     # A job's parts are keyed "<job id>:<index>" (jisr.outbox.SendJob.part_key).
-    job_ids = {key.rsplit(":", 1)[0] for key in part_keys if ":" in key} | set(send_keys)
+    # A campaign send handed off by its batch is retried by the job "retry:<key>" (jisr.outbox.send_batch).
+    job_ids = {key.rsplit(":", 1)[0] for key in part_keys if ":" in key} | set(send_keys) | {RETRY_JOB_PREFIX + key for key in send_keys}
     return ErasureTarget(
         contact_ids=ids,
         addresses=[p.address for p in people],
