@@ -402,6 +402,10 @@ class ChannelBusy(Retry):
     of every message on the channel, so a batch stops asking for turns (see send_batch)."""
 
 
+class ClaimHeld(Retry):
+    """Another attempt's claim on this message may still be live: look again when it cannot be."""
+
+
 async def _take_turn(redis: ArqRedis, channel: str, rate: float, key: str) -> int:
     """Return once this channel may send (raise Retry when the wait is long: a 429 pause, a busy
     bucket), having counted one provider call for ``key``; returns the call's number.
@@ -465,13 +469,13 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
 
     The sends run concurrently within the worker's slots, and none holds the others up:
 
-    - a send the provider refused for now (5xx, timeout, a 429 for this message) or that failed
-      unexpectedly leaves the batch for its own job (``send_message``, id ``retry:<key>``), which
-      retries it with its own backoff and MAX_TRIES, as any single send;
+    - a send the provider refused for now (5xx, timeout, a 429 for this message), one that
+      another attempt's claim may still hold, or one that failed unexpectedly leaves the batch
+      for its own job (``send_message``, id ``retry:<key>``), which retries it with its own
+      backoff and MAX_TRIES, as any single send;
     - when the channel cannot send for a while (ChannelBusy: its 429 pause, or a rate-limit
-      queue longer than IN_JOB_WAIT_SECONDS), or the run is paused, or another attempt's claim
-      may still be live, the sends not done stay in the batch: its body is rewritten with them
-      only, and it runs again after the wait.
+      queue longer than IN_JOB_WAIT_SECONDS), or the run is paused, the sends not done stay in
+      the batch: its body is rewritten with them only, and it runs again after the wait.
 
     Every send is still decided, claimed and recorded on its own, so a batch run again after a
     crash finds what was settled (its row's status) and skips it.
@@ -496,10 +500,10 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
                 busy.append((retry.defer_score or 0) / 1000.0)
                 later.append(payload)
             except Retry as retry:
-                if retry.__cause__ is None:  # a paused run, or a claim that may still be live
+                if retry.__cause__ is None and not isinstance(retry, ClaimHeld):  # the run is paused
                     waits.append((retry.defer_score or 0) / 1000.0)
                     later.append(payload)
-                else:
+                else:  # the provider's refusal, or another attempt's claim: this send's own wait
                     await _hand_off(redis, payload, (retry.defer_score or 0) / 1000.0)
                     handed_off += 1
             except Exception:  # noqa: BLE001 - the other sends go on
@@ -714,7 +718,7 @@ async def _claim(
         return SETTLED
     age = (dt.datetime.now(dt.timezone.utc) - at).total_seconds() if at is not None else lease + 1
     if age < lease:
-        raise Retry(defer=max(lease - age, 1.0))
+        raise ClaimHeld(defer=max(lease - age, 1.0))
     assert at is not None and holder is not None
     try:
         candidates = await connector.sent_since(message.address, at - dt.timedelta(seconds=LOOKUP_SKEW_SECONDS))
