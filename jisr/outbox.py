@@ -64,6 +64,8 @@ BATCH_SIZE = 100
 # channel's rate limit must not leave the others idle), and the next batches keep the slots busy
 # while one finishes its last sends.
 BATCHES_IN_FLIGHT = 8
+# The shortest wait of a batch run again (its channel's wait may be over by the time it ends).
+MIN_BATCH_DEFER_SECONDS = 0.05
 # Turn order of replies (_wait_for_turn): how often a waiting turn looks again, and how long a
 # conversation's list lives without a new reply.
 ORDER_RECHECK_SECONDS = 0.2
@@ -483,9 +485,9 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
     send_ctx: SendContext = ctx["send_context"]
     redis: ArqRedis = ctx["redis"]
     tally: Counter = Counter()
-    waits: list[float] = []
     later: list[dict[str, Any]] = []   # sends this batch does on its next run
-    busy: list[float] = []             # the channel said "not now": the sends not started wait too
+    waits: list[float] = []            # until when (time.monotonic()) the run is paused
+    busy: list[float] = []             # until when the channel said "not now": the sends not started wait too
     handed_off = 0
 
     async def one(payload: dict[str, Any]) -> None:
@@ -497,11 +499,11 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
             try:
                 await _campaign_send(ctx, send_ctx, SendJob.from_dict(payload), tally)
             except ChannelBusy as retry:
-                busy.append((retry.defer_score or 0) / 1000.0)
+                busy.append(time.monotonic() + (retry.defer_score or 0) / 1000.0)
                 later.append(payload)
             except Retry as retry:
                 if retry.__cause__ is None and not isinstance(retry, ClaimHeld):  # the run is paused
-                    waits.append((retry.defer_score or 0) / 1000.0)
+                    waits.append(time.monotonic() + (retry.defer_score or 0) / 1000.0)
                     later.append(payload)
                 else:  # the provider's refusal, or another attempt's claim: this send's own wait
                     await _hand_off(redis, payload, (retry.defer_score or 0) / 1000.0)
@@ -519,7 +521,10 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
         enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else int(time.time() * 1000)
         body = serialize_job("send_batch", (later,), {}, None, enqueued_ms, serializer=redis.job_serializer)
         await redis.set(job_key_prefix + str(ctx["job_id"]), body, keepttl=True, xx=True)
-        raise Retry(defer=max(waits + busy[:1]) if waits or busy else backoff_seconds(1))
+        # The waits were said while other sends were still going: counted from then, not from now
+        # (a batch that waited for its last reserved turns would otherwise leave its channel idle).
+        until = max(waits + busy) if waits or busy else time.monotonic() + backoff_seconds(1)
+        raise Retry(defer=max(until - time.monotonic(), MIN_BATCH_DEFER_SECONDS))
     return f"batch of {len(payloads)} done ({handed_off} to retry on their own)"
 
 
