@@ -75,6 +75,33 @@ def conversation(assistant: Any, event_loop_for_session: asyncio.AbstractEventLo
     return start
 
 
+@pytest.fixture()
+def gateway(assistant: Any, event_loop_for_session: asyncio.AbstractEventLoop, tmp_path: Path) -> Iterator[Any]:
+    """The real Gateway in this process: the session's model, an embedded Redis, its own SQLite
+    file (``gateway.engine``, ``gateway.loop`` to run its coroutines)."""
+    from jisr.gateway.service import Gateway
+    from jisr.outbox import Outbox
+    from jisr.redisconn import connect_redis
+    from jisr.store.contacts import ContactStore, create_db_engine
+
+    handle = connect_redis(None, directory=tmp_path)
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
+
+    async def build() -> Any:
+        return Gateway(assistant, ContactStore(engine), handle.client(), await Outbox.connect(handle.host, handle.port, handle.db))
+
+    built = event_loop_for_session.run_until_complete(build())
+    built.engine = engine
+    built.loop = event_loop_for_session
+    try:
+        yield built
+    finally:
+        event_loop_for_session.run_until_complete(built.outbox.pool.close())
+        event_loop_for_session.run_until_complete(built.redis.close())
+        engine.dispose()
+        handle.close()
+
+
 @pytest.fixture(scope="session")
 def replies() -> ReplyBook:
     return default_reply_book()

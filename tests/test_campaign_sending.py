@@ -126,11 +126,11 @@ def schedule(env: dict[str, Any], path: Path) -> sending.ScheduleResult:
     return asyncio.run(_with_outbox(env, lambda outbox: sending.schedule(campaign, env["store"], outbox, PLAN_NOW)))
 
 
-async def _burst(env: dict[str, Any], rates: dict[str, float], job_timeout: float = 60) -> None:
+async def _burst(env: dict[str, Any], rates: dict[str, float], job_timeout: float = 60, queue: str = BULK_QUEUE) -> None:
     handle = env["redis"]
     connectors = build_connectors(env["settings"], handle.client())
     context = SendContext(connectors, env["contacts"], rates=rates, paused_recheck_seconds=0.3)
-    worker = build_worker(context, handle.host, handle.port, queue=BULK_QUEUE, burst=True, max_jobs=10, job_timeout=job_timeout)
+    worker = build_worker(context, handle.host, handle.port, queue=queue, burst=True, max_jobs=10, job_timeout=job_timeout)
     try:
         await worker.async_run()
     finally:
@@ -384,15 +384,7 @@ def test_a_reply_in_doubt_after_a_crash_is_sent_again_not_cut_short(env):
             assert await outbox.enqueue(SendJob(key, "telegram", "telegram:7301", parts=((text, ()),), contact_id=contact, lane="replies"))
         finally:
             await outbox.close()
-        handle = env["redis"]
-        connectors = build_connectors(env["settings"], handle.client())
-        worker = build_worker(SendContext(connectors, env["contacts"]), handle.host, handle.port, queue=REPLIES_QUEUE, burst=True, job_timeout=2)
-        try:
-            await worker.async_run()
-        finally:
-            await worker.close()
-            for connector in connectors.values():
-                await connector.close()
+        await _burst(env, {"telegram": 50.0}, job_timeout=2, queue=REPLIES_QUEUE)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     sent = [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"]

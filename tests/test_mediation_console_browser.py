@@ -197,6 +197,19 @@ def _handoff_of(stack, address: str) -> dict[str, Any]:
 # --- The console, as a mediator sees it ---------------------------------------------------------
 
 
+def _french_family_asks_for_a_person(stack) -> tuple[str, Callable[[], list[str]], dict[str, Any]]:
+    """A new family on WhatsApp says it lives in France, then asks for a person: (its number,
+    what it was sent, the handoff opened)."""
+    number = _phone()
+    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
+    _whatsapp(stack, number, "bonjour, je suis en France")
+    _wait_sent(sent, 0)
+    before = len(sent())
+    _whatsapp(stack, number, "je veux parler à quelqu'un")
+    _wait_sent(sent, before)
+    return number, sent, _handoff_of(stack, number)
+
+
 def _item(page: Any, handoff_id: int) -> Any:
     return page.locator(f".handoff[data-id='{handoff_id}']")
 
@@ -252,16 +265,8 @@ def test_a_french_family_on_whatsapp_is_handed_to_a_french_mediator_and_back(sta
     page = open_console(mediator)
     _live(page)
     _mark_page(page)
-    number = _phone()
-    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
-
     # The family says where they live (the country decides which mediators may see them), then asks for a person.
-    _whatsapp(stack, number, "bonjour, je suis en France")
-    _wait_sent(sent, 0)
-    before = len(sent())
-    _whatsapp(stack, number, "je veux parler à quelqu'un")
-    _wait_sent(sent, before)
-    handoff = _handoff_of(stack, number)
+    number, sent, handoff = _french_family_asks_for_a_person(stack)
     assert (handoff["country"], handoff["language"], handoff["status"]) == ("FR", "fr", "waiting")
 
     # It appears in the console without a reload, with its country and language.
@@ -496,14 +501,7 @@ def test_two_mediators_a_refused_claim_a_note_a_quick_reply_and_a_transfer(stack
     karim.route("**/api/mediation/events", lambda route: route.abort())
     karim.reload()
     _live(amina)
-    number = _phone()
-    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
-    _whatsapp(stack, number, "bonjour, je suis en France")
-    _wait_sent(sent, 0)
-    before = len(sent())
-    _whatsapp(stack, number, "je veux parler à quelqu'un")
-    _wait_sent(sent, before)
-    handoff = _handoff_of(stack, number)
+    number, sent, handoff = _french_family_asks_for_a_person(stack)
 
     _item(amina, handoff["id"]).wait_for()
     karim.locator("#refresh").click()
@@ -623,14 +621,7 @@ def test_the_reply_window_is_shown_and_followed_on_messenger_and_whatsapp(stack,
     assert page.locator("#reply-send").is_disabled()
 
     # WhatsApp after 24 hours: a template reopens the conversation; the text waits for the family.
-    number = _phone()
-    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
-    _whatsapp(stack, number, "bonjour, je suis en France")
-    _wait_sent(sent, 0)
-    before = len(sent())
-    _whatsapp(stack, number, "je veux parler à quelqu'un")
-    _wait_sent(sent, before)
-    handoff = _handoff_of(stack, number)
+    number, sent, handoff = _french_family_asks_for_a_person(stack)
     _family_last_wrote(stack, number, days_ago=1.5)
     _item(page, handoff["id"]).wait_for()
     _reopen(page, handoff["id"])
@@ -790,14 +781,7 @@ def test_the_console_speaks_each_language_and_fits_a_phone_in_it(stack, people, 
     """German words are long, Arabic mirrors the page: each language's labels, in a case and in
     the list, on a 360 px phone, without a page wider than the screen."""
     page = open_console(people["fr2"], width=360)
-    number = _phone()
-    sent = lambda: _whatsapp_sent(stack, number)  # noqa: E731
-    _whatsapp(stack, number, "bonjour, je suis en France")
-    _wait_sent(sent, 0)
-    before = len(sent())
-    _whatsapp(stack, number, "je veux parler à quelqu'un")
-    _wait_sent(sent, before)
-    handoff = _handoff_of(stack, number)
+    number, sent, handoff = _french_family_asks_for_a_person(stack)
     for language in ("es", "it", "de", "ar", "en", "fr"):
         texts = catalog.texts(language)
         page.goto(f"{stack['gateway']}/console/mediation/{handoff['id']}?lang={language}")

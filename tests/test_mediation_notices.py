@@ -145,6 +145,16 @@ def open_case(gw: dict[str, Any], who: str, address: str, write: Callable[[], No
     return handoff
 
 
+def messenger_case(gw: dict[str, Any], language: str, country: str, text: str) -> tuple[str, str, dict[str, Any]]:
+    """A new Messenger family of ``country`` writing ``text`` in ``language`` gets a case opened:
+    (its PSID, its address, the handoff)."""
+    psid = new_psid()
+    address = f"messenger:{psid}"
+    add_contact(gw["engine"], address, "messenger", country=country, language=language)
+    handoff = open_case(gw, language, address, lambda: messenger(gw, psid, text), lambda: messenger_sent(gw, psid))
+    return psid, address, handoff
+
+
 # --- WhatsApp, 30 hours after the family's last message --------------------------------------------
 
 
@@ -205,10 +215,7 @@ def test_whatsapp_resolve_after_30_hours_without_a_template_keeps_the_notice_in_
 
 
 def test_messenger_resolve_after_3_days_goes_with_the_human_agent_tag_in_german(gw):
-    psid = new_psid()
-    address = f"messenger:{psid}"
-    add_contact(gw["engine"], address, "messenger", country="DE", language="de")
-    handoff = open_case(gw, "de", address, lambda: messenger(gw, psid, "mein Sohn wird in der Schule gemobbt"), lambda: messenger_sent(gw, psid))
+    psid, address, handoff = messenger_case(gw, "de", "DE", "mein Sohn wird in der Schule gemobbt")
     backdate_window(gw["engine"], address, dt.timedelta(days=3))
     messenger_window(gw, psid, False)
     notice = REPLIES.text("handoff_resolved", "de")
@@ -223,10 +230,7 @@ def test_messenger_resolve_after_3_days_goes_with_the_human_agent_tag_in_german(
 
 
 def test_messenger_hand_back_after_10_days_is_kept_then_sent_before_the_bots_answer_in_italian(gw):
-    psid = new_psid()
-    address = f"messenger:{psid}"
-    add_contact(gw["engine"], address, "messenger", country="IT", language="it")
-    handoff = open_case(gw, "it", address, lambda: messenger(gw, psid, "voglio parlare con una persona vera"), lambda: messenger_sent(gw, psid))
+    psid, address, handoff = messenger_case(gw, "it", "IT", "voglio parlare con una persona vera")
     before = len(messenger_sent(gw, psid))
     backdate_window(gw["engine"], address, dt.timedelta(days=10))
     messenger_window(gw, psid, False)
@@ -347,10 +351,7 @@ def test_whatsapp_mediators_answer_waiting_when_the_case_is_resolved_goes_out_be
 def test_messenger_notice_kept_past_the_expiry_is_not_sent_and_shown_expired_in_italian(gw):
     """A hand-back notice kept (Messenger, 10 days) for longer than held_messages_expire_after_days
     is recorded failed ("expired") when the family writes, not sent; the bot answers them."""
-    psid = new_psid()
-    address = f"messenger:{psid}"
-    add_contact(gw["engine"], address, "messenger", country="IT", language="it")
-    handoff = open_case(gw, "it", address, lambda: messenger(gw, psid, "voglio parlare con una persona vera"), lambda: messenger_sent(gw, psid))
+    psid, address, handoff = messenger_case(gw, "it", "IT", "voglio parlare con una persona vera")
     before = len(messenger_sent(gw, psid))
     backdate_window(gw["engine"], address, dt.timedelta(days=10))
     messenger_window(gw, psid, False)

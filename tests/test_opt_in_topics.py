@@ -9,48 +9,20 @@ Redis and a SQLite file, as tests/test_topic_unsubscribe.py does.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from connectors.types import Channel, InboundMessage
 from jisr.content import default_reply_book
 from jisr.store import schema
-from jisr.store.contacts import ContactStore, create_db_engine
 from jisr.topics import SUBSCRIPTION_TOPICS
 
 NOW = dt.datetime(2026, 8, 1, 12, 0, tzinfo=dt.timezone.utc)
 REPLIES = default_reply_book()
 _chat_ids = itertools.count(640_000_001)
-
-
-@pytest.fixture()
-def gateway(assistant: Any, event_loop_for_session: asyncio.AbstractEventLoop, tmp_path: Path) -> Iterator[Any]:
-    """The real Gateway: the session's model, an embedded Redis, its own SQLite file."""
-    from jisr.gateway.service import Gateway
-    from jisr.outbox import Outbox
-    from jisr.redisconn import connect_redis
-
-    handle = connect_redis(None, directory=tmp_path)
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
-
-    async def build() -> Any:
-        return Gateway(assistant, ContactStore(engine), handle.client(), await Outbox.connect(handle.host, handle.port, handle.db))
-
-    built = event_loop_for_session.run_until_complete(build())
-    built.engine = engine
-    built.loop = event_loop_for_session
-    try:
-        yield built
-    finally:
-        event_loop_for_session.run_until_complete(built.outbox.pool.close())
-        event_loop_for_session.run_until_complete(built.redis.close())
-        engine.dispose()
-        handle.close()
 
 
 def _new_family(gateway: Any, consent: str = "unknown") -> tuple[int, int]:

@@ -9,7 +9,6 @@ real model, an embedded Redis and a SQLite file; the audience is read by the pla
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import itertools
@@ -208,31 +207,6 @@ messages:
 def _reached(engine: Any, topic: str) -> int:
     campaign = load_campaign_text(CAMPAIGN.format(id=f"{topic}-reminders", topic=topic), f"{topic}.yml")
     return preview(campaign, CampaignStore(engine), NOW).planned
-
-
-@pytest.fixture()
-def gateway(assistant: Any, event_loop_for_session: asyncio.AbstractEventLoop, tmp_path: Path) -> Iterator[Any]:
-    """The real Gateway: the session's model, an embedded Redis, its own SQLite file."""
-    from jisr.gateway.service import Gateway
-    from jisr.outbox import Outbox
-    from jisr.redisconn import connect_redis
-
-    handle = connect_redis(None, directory=tmp_path)
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'jisr.db'}")
-
-    async def build() -> Any:
-        return Gateway(assistant, ContactStore(engine), handle.client(), await Outbox.connect(handle.host, handle.port, handle.db))
-
-    built = event_loop_for_session.run_until_complete(build())
-    built.engine = engine
-    built.loop = event_loop_for_session
-    try:
-        yield built
-    finally:
-        event_loop_for_session.run_until_complete(built.outbox.pool.close())
-        event_loop_for_session.run_until_complete(built.redis.close())
-        engine.dispose()
-        handle.close()
 
 
 def _say(gateway: Any, chat_id: int, text: str) -> list[str]:
