@@ -522,16 +522,21 @@ async def send_batch(ctx: dict[str, Any], payloads: list[dict[str, Any]]) -> str
     await asyncio.gather(*(one(p) for p in payloads))
     await metrics.inc_many(redis, tally)
     if later:
-        # Only the sends not done stay in the job's body (arq keeps the body across a Retry).
         enqueued = ctx.get("enqueue_time")
-        enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else int(time.time() * 1000)
-        body = serialize_job("send_batch", (later,), {}, None, enqueued_ms, serializer=redis.job_serializer)
-        await redis.set(job_key_prefix + str(ctx["job_id"]), body, keepttl=True, xx=True)
+        await rewrite_batch(redis, str(ctx["job_id"]), later, enqueued.timestamp() if enqueued is not None else time.time())
         # The waits were said while other sends were still going: counted from then, not from now
         # (a batch that waited for its last reserved turns would otherwise leave its channel idle).
         until = max(waits + busy) if waits or busy else time.monotonic()  # none: it ran out of time
         raise Retry(defer=max(until - time.monotonic(), MIN_BATCH_DEFER_SECONDS))
     return f"batch of {len(payloads)} done ({handed_off} to retry on their own)"
+
+
+async def rewrite_batch(redis: Any, job_id: str, payloads: list[dict[str, Any]], enqueued_at: float, job_try: Optional[int] = None) -> None:
+    """Leave only ``payloads`` in a queued batch job (arq keeps a job's body across its retries,
+    so its next run sends these): send_batch keeps the sends not done, an erasure takes a
+    family's out. The body keeps its expiry; a job gone meanwhile is not brought back."""
+    body = serialize_job("send_batch", (payloads,), {}, job_try, int(enqueued_at * 1000), serializer=getattr(redis, "job_serializer", None))
+    await redis.set(job_key_prefix + job_id, body, keepttl=True, xx=True)
 
 
 # A campaign send a batch handed off (see send_batch) is retried by its own job of this id.

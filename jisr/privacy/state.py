@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 import redis.asyncio as aioredis
 
 from jisr import keys
-from jisr.outbox import BULK_QUEUE, REPLIES_QUEUE
+from jisr.outbox import BULK_QUEUE, REPLIES_QUEUE, rewrite_batch
 from jisr.redisconn import RedisHandle
 
 # arq's key prefixes (arq/constants.py): a job's body, its in-progress lock, retry count and
@@ -92,7 +92,7 @@ class ConversationRedis:
         jobs (jisr.outbox.send_batch; found through each run's registry, keys.campaign_batches).
         A batch left empty is removed; the others are rewritten in place, keeping their expiry.
         Returns the sends taken out."""
-        from arq.jobs import deserialize_job, serialize_job
+        from arq.jobs import deserialize_job
 
         removed = 0
         for run_id, send_keys in sends_by_run.items():
@@ -113,9 +113,7 @@ class ConversationRedis:
                     await self.remove_jobs([job_id])
                     await self.jisr.hdel(registry, job_id)
                     continue
-                enqueued_ms = int(job.enqueue_time.timestamp() * 1000)
-                rewritten = serialize_job(job.function, (kept, *job.args[1:]), job.kwargs, job.job_try, enqueued_ms)
-                await self.jisr.set("arq:job:" + job_id, rewritten, keepttl=True, xx=True)
+                await rewrite_batch(self.jisr, job_id, kept, job.enqueue_time.timestamp(), job.job_try)
         return removed
 
     async def scan_delete(self, client: aioredis.Redis, pattern: str) -> int:
