@@ -240,10 +240,10 @@ async def _wake(outbox: Outbox, store: CampaignStore, run_id: int, respect_sched
         at = int(send["scheduled_at"].timestamp() * 1000) if respect_schedule and send["scheduled_at"] else now_ms
         # A single send's job: one queued before batches, or one a batch handed off to retry on its own.
         moves[send["idempotency_key"]] = moves[RETRY_JOB_PREFIX + send["idempotency_key"]] = max(at, now_ms)
-    for start in range(0, len(moves), 1000):
-        part = dict(list(moves.items())[start : start + 1000])
+    items = list(moves.items())
+    for start in range(0, len(items), 1000):
         # XX: only jobs still in the queue; a finished job is not re-created.
-        woken += int(await outbox.pool.zadd(BULK_QUEUE, part, xx=True, ch=True) or 0)
+        woken += int(await outbox.pool.zadd(BULK_QUEUE, dict(items[start : start + 1000]), xx=True, ch=True) or 0)
     return woken
 
 

@@ -32,7 +32,8 @@ def record_opt_in(store: ContactStore, contact_id: int, text: str, channel: str)
     A family that already gets every reminder without having chosen topics (jisr.topics.reaches:
     subscribed, no topic held, none stopped) keeps getting them all: asking for exam reminders
     must not stop the others."""
-    gets_everything = set(store.reminder_topics(contact_id)) == set(SUBSCRIPTION_TOPICS) and not store.topics_of(contact_id)
+    # (A family holding every topic outright gets nothing added either: no rows to tell apart.)
+    gets_everything = set(store.reminder_topics(contact_id)) == set(SUBSCRIPTION_TOPICS)
     store.record_consent(contact_id, "opted_in", SOURCE, None, channel)
     if gets_everything:
         return []
