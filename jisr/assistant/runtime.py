@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from jisr.assistant import rasa_speedups
 from jisr.assistant.model import ensure_model, quiet_rasa
+from jisr.assistant.tracker_store import saved_trackers
 from jisr.content import ReplyBook, default_reply_book
 from jisr.text import sanitize_input
 
@@ -86,6 +88,7 @@ class Assistant:
             lock_store=lock_store,
             action_endpoint=InProcessActionEndpoint(),
         )
+        rasa_speedups.apply(agent)
         return cls(agent)
 
     async def parse(self, text: str) -> dict[str, Any]:
@@ -97,21 +100,25 @@ class Assistant:
         from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
 
         clean = sanitize_input(raw_text)
-        tracker = await self.agent.tracker_store.get_or_create_tracker(sender)
         if clean.is_empty:
+            tracker = await self.agent.tracker_store.get_or_create_tracker(sender)
             language = tracker.get_slot("language")
             return self._turn(clean.text, tracker, None, 0.0, [Reply(self.replies.text("empty_input", language))])
 
         output = CollectingOutputChannel()
         message = UserMessage(clean.text, output, sender, metadata={"jisr": dict(hints or {})})
-        try:
-            await self.agent.handle_message(message)
-        except Exception:  # a bug must cost one reply, not the conversation
-            logger.exception("assistant failed on a message")
-            language = tracker.get_slot("language")
-            return self._turn(clean.text, tracker, None, 0.0, [Reply(self.replies.text("rephrase", language))])
+        with saved_trackers() as saved:
+            try:
+                await self.agent.handle_message(message)
+            except Exception:  # a bug must cost one reply, not the conversation
+                logger.exception("assistant failed on a message")
+                tracker = await self.agent.tracker_store.get_or_create_tracker(sender)
+                language = tracker.get_slot("language")
+                return self._turn(clean.text, tracker, None, 0.0, [Reply(self.replies.text("rephrase", language))])
 
-        tracker = await self.agent.tracker_store.retrieve(sender)
+        # The conversation as Rasa saved it at the end of this message (read back from Redis only
+        # with a tracker store that does not hand it over).
+        tracker = saved.get(sender) or await self.agent.tracker_store.retrieve(sender)
         parse = tracker.latest_message.parse_data if tracker else {}
         intent, confidence = top_intent(parse)
         replies = [

@@ -92,13 +92,15 @@ async def start_services(settings: Settings, assistant_factory: Callable[..., As
     configure_pseudonyms(settings.log_pseudonym_key)
     keep_personal_data_out_of_logs()
     from rasa.core.lock_store import RedisLockStore
-    from rasa.core.tracker_store import RedisTrackerStore
+
+    from jisr.assistant.tracker_store import CurrentSessionTrackerStore
 
     handle = connect_redis(settings.redis_url, directory=settings.var_dir)
     store = ContactStore(create_db_engine(settings.database_url))
     # Conversation state in Redis db 1, Rasa's locks in db 2, Jisr's queue and keys in the URL's db.
-    # A conversation idle for the retention period expires with its tracker (docs/privacy.md).
-    tracker_store = RedisTrackerStore(
+    # A conversation idle for the retention period expires with its tracker, which holds the
+    # current session only (jisr/assistant/tracker_store.py, docs/privacy.md).
+    tracker_store = CurrentSessionTrackerStore(
         domain=None, host=handle.host, port=handle.port, db=1, password=handle.password, key_prefix="jisr",
         record_exp=settings.retention_days * 86400,
     )
