@@ -240,6 +240,51 @@ def test_get_or_create_when_another_process_creates_the_contact_first(store, db_
     assert [c["id"] for c in rows(store.engine, schema.contacts)] == [contact.id]
 
 
+def test_receiving_a_message_creates_touches_and_logs_in_one_call(store):
+    first_at = dt.datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
+    contact, message_id = store.receive_inbound("whatsapp:+34600000001", "whatsapp", "SM1", "hola", [], first_at)
+    assert contact.last_inbound_at is None  # the contact as it was before this message
+    assert store.get(contact.id).last_inbound_at == first_at
+    later = first_at + dt.timedelta(days=2)
+    again, second_id = store.receive_inbound("whatsapp:+34600000001", "whatsapp", "SM2", "", [{"kind": "audio", "url": "u"}], later)
+    assert again.id == contact.id and again.last_inbound_at == first_at and second_id > message_id
+    logged = [(r["provider_message_id"], r["direction"], r["text"], r["status"], r["media"]) for r in rows(store.engine, schema.messages)]
+    assert logged == [("SM1", "in", "hola", "received", None), ("SM2", "in", "", "received", '[{"kind": "audio", "url": "u"}]')]
+
+    store.record_understanding(second_id, "ask_enrolment", "es", contact.id, {"language": "es", "country": "ES", "role": None})
+    assert store.get(contact.id).profile() == {"language": "es", "country": "ES"}
+    understood = {r["id"]: (r["intent"], r["language"]) for r in rows(store.engine, schema.messages)}
+    assert understood[second_id] == ("ask_enrolment", "es") and understood[message_id] == (None, None)
+
+    ids = store.log_outbound_many(contact.id, "whatsapp", [("uno", "r:SM2:0"), ("dos", "r:SM2:1")])
+    assert ids == store.log_outbound_many(contact.id, "whatsapp", [("uno", "r:SM2:0"), ("dos", "r:SM2:1")])  # once per key
+    out = [(r["text"], r["idempotency_key"], r["status"]) for r in rows(store.engine, schema.messages) if r["direction"] == "out"]
+    assert out == [("uno", "r:SM2:0", "queued"), ("dos", "r:SM2:1", "queued")]
+
+
+def test_receiving_when_another_process_creates_the_contact_first(store, db_url, engines):
+    other = sa.create_engine(db_url, future=True)
+    engines.append(other)
+    fired: list[int] = []
+
+    def insert_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO CONTACTS") and not fired:
+            fired.append(1)
+            with other.begin() as other_conn:
+                other_conn.execute(
+                    schema.contacts.insert().values(address="telegram:race2", channel="telegram", created_at=dt.datetime.now(UTC))
+                )
+
+    sa.event.listen(store.engine, "before_cursor_execute", insert_first)
+    try:
+        contact, message_id = store.receive_inbound("telegram:race2", "telegram", "7", "salam", [], dt.datetime.now(UTC))
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", insert_first)
+    assert fired and contact.address == "telegram:race2"
+    assert [c["id"] for c in rows(store.engine, schema.contacts)] == [contact.id]
+    assert [(m["id"], m["contact_id"], m["text"]) for m in rows(store.engine, schema.messages)] == [(message_id, contact.id, "salam")]
+
+
 # -- the message log --------------------------------------------------------------------------
 
 

@@ -118,15 +118,15 @@ class Gateway:
         return outcome
 
     async def _process(self, message: InboundMessage) -> InboundOutcome:
-        contact = await asyncio.to_thread(self.store.get_or_create, message.address, message.channel.value)
-        await asyncio.to_thread(self.store.touch_inbound, contact.id, message.received_at)
         media = [
             {"kind": m.kind.value, "url": m.url, "provider_id": m.provider_id, "mime_type": m.mime_type} for m in message.media
         ]
         if message.location:
             media.append({"kind": MediaKind.LOCATION.value, "latitude": message.location.latitude, "longitude": message.location.longitude})
-        message_id = await asyncio.to_thread(
-            self.store.log_inbound, contact.id, message.channel.value, message.provider_message_id, message.text, media
+        # The contact as it was before this message (its last_inbound_at is the previous one's).
+        contact, message_id = await asyncio.to_thread(
+            self.store.receive_inbound, message.address, message.channel.value, message.provider_message_id, message.text, media,
+            message.received_at,
         )
 
         if message.button_payload == PLATFORM_OPT_OUT and not message.text:
@@ -168,11 +168,9 @@ class Gateway:
         # A fallback is logged as the fallback marker, not as the guessed intent: the indicators
         # count these as questions the assistant could not answer (jisr/indicators.py).
         logged_intent = FALLBACK_INTENT if turn.fell_back else turn.intent
-        await asyncio.to_thread(self.store.set_understanding, message_id, logged_intent, turn.language)
         learned = {name: turn.slots.get(name) for name in PROFILE_FIELDS}
         learned["language"] = turn.slots.get("language")
-        if any(learned.values()):
-            await asyncio.to_thread(self.store.update_profile, contact.id, **learned)
+        await asyncio.to_thread(self.store.record_understanding, message_id, logged_intent, turn.language, contact.id, learned)
         if turn.intent in CONSENT_OF_INTENT and not turn.fell_back:
             # Consent lives in Jisr's own store, whatever the channel offers: a STOP here stops
             # campaigns at once; a STOP naming topics stops only those (jisr/consent.py).
@@ -218,6 +216,6 @@ class Gateway:
             contact_id=contact.id,
             lane="replies",
         )
-        for index, reply in enumerate(replies):
-            await asyncio.to_thread(self.store.log_outbound, contact.id, message.channel.value, reply.text, job.part_key(index))
+        parts = [(reply.text, job.part_key(index)) for index, reply in enumerate(replies)]
+        await asyncio.to_thread(self.store.log_outbound_many, contact.id, message.channel.value, parts)
         await self.outbox.enqueue(job)

@@ -143,8 +143,9 @@ class Mediation:
         First, on every message, held or not: the family's window is open again, so whatever
         waited for it goes out now, queued before any answer to this message.
         """
-        await self.release_waiting(contact)
-        handoff = await asyncio.to_thread(self.handoffs.open_for_contact, contact.id)
+        waiting, handoff = await asyncio.to_thread(self.handoffs.on_family_message, contact.id)
+        if waiting:
+            await self.release_waiting(contact)
         if handoff is None:
             return None
         text = message.button_payload or message.text or ""

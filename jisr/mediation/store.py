@@ -172,6 +172,18 @@ class HandoffStore:
             ).first()
         return Handoff.from_row(row) if row else None
 
+    def on_family_message(self, contact_id: int) -> tuple[bool, Optional[Handoff]]:
+        """The two questions asked of every family message, in one read: does anything wait for
+        the family's window (``awaiting_window``), and the contact's open handoff, if any."""
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(messages.c.id).where(messages.c.contact_id == contact_id, messages.c.status == AWAITING_WINDOW).limit(1)
+            ).first()
+            row = conn.execute(
+                sa.select(handoffs).where(handoffs.c.contact_id == contact_id, handoffs.c.status.in_(OPEN)).order_by(handoffs.c.id).limit(1)
+            ).first()
+        return waiting is not None, (Handoff.from_row(row) if row else None)
+
     def held_message(self, handoff_id: int, message_id: int, at: dt.datetime, intent: Optional[str] = None) -> None:
         """A family message received while held: part of the handoff, and its latest activity."""
         with self.engine.begin() as conn:

@@ -170,18 +170,23 @@ class ContactStore:
         self.engine = engine
 
     def get_or_create(self, address: str, channel: str) -> Contact:
-        query = sa.select(contacts).where(contacts.c.address == address)
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(query).first()
-                if row is None:
-                    conn.execute(contacts.insert().values(address=address, channel=channel, created_at=_now()))
-                    row = conn.execute(query).first()
+                return self._get_or_create(conn, address, channel)
         except sa.exc.IntegrityError:
             # Another process created it in between. Read it in a new transaction: on
             # PostgreSQL a failed statement aborts its transaction (SQLite's goes on).
             with self.engine.connect() as conn:
-                row = conn.execute(query).first()
+                row = conn.execute(sa.select(contacts).where(contacts.c.address == address)).first()
+        return Contact.from_row(row)
+
+    @staticmethod
+    def _get_or_create(conn: Connection, address: str, channel: str) -> Contact:
+        query = sa.select(contacts).where(contacts.c.address == address)
+        row = conn.execute(query).first()
+        if row is None:
+            conn.execute(contacts.insert().values(address=address, channel=channel, created_at=_now()))
+            row = conn.execute(query).first()
         return Contact.from_row(row)
 
     def get(self, contact_id: int) -> Optional[Contact]:
@@ -199,10 +204,50 @@ class ContactStore:
             conn.execute(contacts.update().where(contacts.c.id == contact_id).values(last_inbound_at=at or _now()))
 
     def update_profile(self, contact_id: int, **fields: Optional[str]) -> None:
+        with self.engine.begin() as conn:
+            self._update_profile(conn, contact_id, fields)
+
+    @staticmethod
+    def _update_profile(conn: Connection, contact_id: int, fields: dict[str, Optional[str]]) -> None:
         values = {k: v for k, v in fields.items() if k in PROFILE_FIELDS and v}
         if values:
-            with self.engine.begin() as conn:
-                conn.execute(contacts.update().where(contacts.c.id == contact_id).values(**values))
+            conn.execute(contacts.update().where(contacts.c.id == contact_id).values(**values))
+
+    # -- one message's writes, each set in one transaction --------------------------------
+    # A message costs the gateway a handful of SQL writes; each call is a thread hop and a
+    # commit, and they ran one by one (about 0.5 ms of CPU each): these group the ones that
+    # always go together.
+
+    def receive_inbound(
+        self, address: str, channel: str, provider_message_id: str, text: str, media: list[dict[str, Any]], received_at: dt.datetime
+    ) -> tuple[Contact, int]:
+        """A family's message arrives: its contact (created if new; as it was *before* this
+        message, for the disclosure rule), the time of its last inbound message, and the message
+        logged — ``get_or_create``, ``touch_inbound`` and ``log_inbound`` in one transaction."""
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    contact = self._get_or_create(conn, address, channel)
+                    conn.execute(contacts.update().where(contacts.c.id == contact.id).values(last_inbound_at=received_at))
+                    return contact, self._log_inbound(conn, contact.id, channel, provider_message_id, text, media)
+            except sa.exc.IntegrityError:
+                # Another process created the contact in between: the whole transaction again.
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def record_understanding(
+        self, message_id: int, intent: Optional[str], language: Optional[str], contact_id: int, learned: dict[str, Optional[str]]
+    ) -> None:
+        """What the assistant understood of a message, and what it learned of the family's profile."""
+        with self.engine.begin() as conn:
+            self._set_understanding(conn, message_id, intent, language)
+            self._update_profile(conn, contact_id, learned)
+
+    def log_outbound_many(self, contact_id: int, channel: str, parts: Sequence[tuple[str, str]]) -> list[int]:
+        """``log_outbound`` for each (text, idempotency key) of one reply, in one transaction."""
+        with self.engine.begin() as conn:
+            return [self._log_outbound(conn, contact_id, channel, text, key) for text, key in parts]
 
     def set_consent(self, contact_id: int, consent: str) -> None:
         """Deprecated: leaves no trace in the consent history; use record_consent."""
@@ -585,49 +630,70 @@ class ContactStore:
         intent: Optional[str] = None,
         language: Optional[str] = None,
     ) -> int:
-        now = _now()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                messages.insert().values(
-                    contact_id=contact_id,
-                    direction="in",
-                    channel=channel,
-                    provider_message_id=provider_message_id,
-                    text=_text(text),
-                    media=json.dumps(media) if media else None,
-                    intent=intent,
-                    language=language,
-                    status="received",
-                    created_at=now,
-                    updated_at=now,
-                )
+            return self._log_inbound(conn, contact_id, channel, provider_message_id, text, media, intent, language)
+
+    @staticmethod
+    def _log_inbound(
+        conn: Connection,
+        contact_id: int,
+        channel: str,
+        provider_message_id: str,
+        text: str,
+        media: list[dict[str, Any]],
+        intent: Optional[str] = None,
+        language: Optional[str] = None,
+    ) -> int:
+        now = _now()
+        result = conn.execute(
+            messages.insert().values(
+                contact_id=contact_id,
+                direction="in",
+                channel=channel,
+                provider_message_id=provider_message_id,
+                text=_text(text),
+                media=json.dumps(media) if media else None,
+                intent=intent,
+                language=language,
+                status="received",
+                created_at=now,
+                updated_at=now,
             )
-            return int(result.inserted_primary_key[0])
+        )
+        return int(result.inserted_primary_key[0])
 
     def set_understanding(self, message_id: int, intent: Optional[str], language: Optional[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(messages.update().where(messages.c.id == message_id).values(intent=intent, language=language, updated_at=_now()))
+            self._set_understanding(conn, message_id, intent, language)
+
+    @staticmethod
+    def _set_understanding(conn: Connection, message_id: int, intent: Optional[str], language: Optional[str]) -> None:
+        conn.execute(messages.update().where(messages.c.id == message_id).values(intent=intent, language=language, updated_at=_now()))
 
     def log_outbound(self, contact_id: int, channel: str, text: str, idempotency_key: str) -> int:
         """Record a reply before it is queued; the same idempotency key is recorded once."""
-        now = _now()
         with self.engine.begin() as conn:
-            existing = conn.execute(sa.select(messages.c.id).where(messages.c.idempotency_key == idempotency_key)).scalar()
-            if existing:
-                return int(existing)
-            result = conn.execute(
-                messages.insert().values(
-                    contact_id=contact_id,
-                    direction="out",
-                    channel=channel,
-                    idempotency_key=idempotency_key,
-                    text=_text(text),
-                    status="queued",
-                    created_at=now,
-                    updated_at=now,
-                )
+            return self._log_outbound(conn, contact_id, channel, text, idempotency_key)
+
+    @staticmethod
+    def _log_outbound(conn: Connection, contact_id: int, channel: str, text: str, idempotency_key: str) -> int:
+        now = _now()
+        existing = conn.execute(sa.select(messages.c.id).where(messages.c.idempotency_key == idempotency_key)).scalar()
+        if existing:
+            return int(existing)
+        result = conn.execute(
+            messages.insert().values(
+                contact_id=contact_id,
+                direction="out",
+                channel=channel,
+                idempotency_key=idempotency_key,
+                text=_text(text),
+                status="queued",
+                created_at=now,
+                updated_at=now,
             )
-            return int(result.inserted_primary_key[0])
+        )
+        return int(result.inserted_primary_key[0])
 
     def outbound_status(self, idempotency_key: str) -> Optional[str]:
         with self.engine.connect() as conn:
