@@ -70,7 +70,7 @@ class Services:
 
 
 def _load_content() -> None:
-    """Read what the actions answer from (knowledge, calendars, programmes) at start-up, in a thread.
+    """Read what the actions answer from (knowledge, calendars, programmes, follow-up openers) at start-up, in a thread.
 
     Loaded lazily, the first question after start-up parsed a second or more of YAML on the
     event loop, holding up every other request meanwhile. A failure here is only logged: the
@@ -78,9 +78,10 @@ def _load_content() -> None:
     """
     from jisr.calendars import default_calendars
     from jisr.knowledge import default_knowledge
+    from jisr.nlu.entities import follow_up_openers
     from jisr.programmes import default_programmes
 
-    for load in (default_knowledge, default_calendars, default_programmes):
+    for load in (default_knowledge, default_calendars, default_programmes, follow_up_openers):
         try:
             load()
         except Exception:
