@@ -40,7 +40,8 @@ class Connector(ABC):
     async def sent_since(self, address: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
         """(provider message id, created at) of the messages the provider accepted for ``address``
         since ``since``, newest first, so the send queue can settle a send left in doubt by a
-        crash. NotImplementedError where the platform cannot be asked (Telegram, Messenger)."""
+        crash (Twilio's message list, Messenger's Conversations API). NotImplementedError where
+        the platform cannot be asked (Telegram, the web chat)."""
         raise NotImplementedError(f"{self.channel.value} cannot list the messages it sent")
 
     def handshake(self, request: WebhookRequest) -> Optional[str]:

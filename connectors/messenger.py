@@ -70,6 +70,9 @@ CONTACT_STOPPED_CODES = frozenset({551, 1545041})            # "This person isn'
 CONTACT_STOPPED_SUBCODES = frozenset({1545041, 2018108})     # ... and "not reachable / not receiving messages"
 OUTSIDE_WINDOW_SUBCODE = 2018278                             # (#10) sent outside of the allowed window
 DEFAULT_RETRY_AFTER = 60.0                                   # Graph rate limits rarely say how long: wait a minute
+# Messages read back when the send queue asks what went out after a crash: a lease (a minute) of
+# replies and campaign sends to one person is far fewer.
+LOOKUP_LIMIT = 50
 
 SIGNATURE_HEADER = "x-hub-signature-256"
 SIGNATURE_PREFIX = "sha256="
@@ -197,9 +200,45 @@ class MessengerConnector(Connector):
             logger.debug("messenger: long text sent in %d parts", len(payloads))
         return result
 
+    async def sent_since(self, address: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """What the page sent to this person since ``since`` (message id, time), newest first.
+
+        Graph's Conversations API: ``GET /me/conversations?platform=messenger&user_id=<psid>``
+        finds the conversation, ``GET /<conversation-id>/messages`` lists its messages, newest
+        first (the family's own are left out). The send queue asks it whether a send left in
+        doubt by a crash went out, so that it is recorded, not sent a second time.
+        """
+        psid = address.split(":", 1)[-1]
+        found = await self._lookup("/me/conversations", {"platform": "messenger", "user_id": psid})
+        ids = [str(c["id"]) for c in found.get("data") or [] if isinstance(c, dict) and c.get("id")]
+        if not ids:
+            return []
+        listed = await self._lookup(f"/{ids[0]}/messages", {"fields": "id,created_time,from", "limit": str(LOOKUP_LIMIT)})
+        sent: list[tuple[str, dt.datetime]] = []
+        for item in listed.get("data") or []:
+            if not isinstance(item, dict) or not item.get("id") or str((item.get("from") or {}).get("id")) == psid:
+                continue
+            created = _graph_time(item.get("created_time"))
+            if created is not None and created >= since:
+                sent.append((str(item["id"]), created))
+        return sent
+
     async def close(self) -> None:
         """Close the HTTP session, if one was opened."""
         await self._transport.close()
+
+    async def _lookup(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """A Graph GET for the send queue's look-ups: any failure is transient (asked again later)."""
+        url = f"{self._graph_api_base}{path}"
+        try:
+            async with self._transport.session().get(url, params={**params, "access_token": self._page_token}) as response:
+                status, raw = response.status, await response.read()
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise TransientSendError(f"messenger: could not list sent messages ({type(exc).__name__})", code="lookup") from None
+        body = _json_or_none(raw)
+        if status != 200 or not isinstance(body, dict):
+            raise TransientSendError(f"messenger: could not list sent messages (HTTP {status})", code="lookup")
+        return body
 
     async def _post_message(self, payload: dict[str, Any]) -> SendResult:
         """The one place a request leaves for Graph; every failure goes through graph_error."""
@@ -363,6 +402,14 @@ def _timestamp(value: Any) -> dt.datetime:
         return dt.datetime.fromtimestamp(millis // 1000, dt.timezone.utc) + dt.timedelta(milliseconds=millis % 1000)
     except (ValueError, OverflowError, OSError) as exc:  # NaN, infinity, or a date no calendar holds
         raise MalformedPayload("messenger: timestamp out of range") from exc
+
+
+def _graph_time(value: Any) -> Optional[dt.datetime]:
+    """Graph's times ("2026-12-05T06:00:00+0000"), aware; None for anything else."""
+    try:
+        return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return None
 
 
 def _optional_str(value: Any) -> Optional[str]:

@@ -677,11 +677,12 @@ async def _send_parts(ctx: dict[str, Any], send_ctx: SendContext, job: SendJob) 
 #   claim. A claim younger than the lease (the job timeout: arq cancels a job that runs longer,
 #   so no live attempt holds a claim older than that) may belong to a live attempt: look again
 #   later. An older one is in doubt, and is *reconciled*:
-#     * where the platform can list what it accepted (Twilio: GET Messages.json by To/From,
-#       ``Connector.sent_since``), a message to the address created within the claim's lease
-#       whose id our log does not already hold is the one in doubt: recorded 'sent' with its
-#       id; none: it did not go out, and it is claimed again and sent;
-#     * where it cannot (Telegram, Messenger, web chat), a campaign send is recorded 'failed'
+#     * where the platform can list what it accepted (``Connector.sent_since``: Twilio's GET
+#       Messages.json by To/From, Messenger's Conversations API), a message to the address
+#       created within the claim's lease whose id our log does not already hold is the one in
+#       doubt: recorded 'sent' with its id; none: it did not go out, and it is claimed again and
+#       sent;
+#     * where it cannot (Telegram, web chat), a campaign send is recorded 'failed'
 #       with the reason ``in_doubt``: at most once, and an operator sees it in the report
 #       (failed_by_reason), rather than thousands of families risking a second copy; a *reply*
 #       is sent again: a family waiting for an answer is better served by a rare second copy

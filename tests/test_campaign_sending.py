@@ -340,31 +340,85 @@ def _prepare_only(env: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
 
 
 def test_a_send_in_doubt_after_a_crash_is_reconciled_not_resent(env):
-    """Twilio can list what it accepted: a claimed send that went out is recorded sent (not sent
-    again), one that did not is sent once. Telegram cannot be asked: recorded failed in_doubt."""
+    """Twilio and Messenger can list what they accepted: a claimed send that went out is recorded
+    sent (not sent again), one that did not is sent once. Telegram cannot be asked: recorded
+    failed in_doubt."""
     went_out = add_contact(env, "whatsapp:+33600000021", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
     never_left = add_contact(env, "whatsapp:+33600000022", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
+    fb_went_out = add_contact(env, "messenger:7021", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
+    fb_never_left = add_contact(env, "messenger:7022", last_inbound_at=REAL_NOW - dt.timedelta(hours=1))
     unknowable = add_contact(env, "telegram:5021")
-    rows = _prepare_only(env, campaign_file(env["dir"], "doubt", channels="[whatsapp, telegram]"))
-    for contact in (went_out, never_left, unknowable):
+    rows = _prepare_only(env, campaign_file(env["dir"], "doubt", channels="[whatsapp, telegram, messenger]"))
+    for contact in (went_out, never_left, fb_went_out, fb_never_left, unknowable):
         _leave_dead_claim(env, f"{rows[contact]['idempotency_key']}:0", seconds_ago=3)
-    # The dead attempt's call to Twilio for one contact had reached the provider (just after its claim).
+    # The dead attempt's calls for one WhatsApp and one Messenger contact had reached the provider (just after their claims).
     connectors = build_connectors(env["settings"], env["redis"].client())
     from connectors.types import Channel, OutboundMessage
 
-    accepted = asyncio.run(connectors["whatsapp"].send(OutboundMessage(channel=Channel.WHATSAPP, address="whatsapp:+33600000021", text="Bonjour")))
-    asyncio.run(connectors["whatsapp"].close())
+    async def dead_attempts() -> tuple[Any, Any]:
+        try:
+            return (
+                await connectors["whatsapp"].send(OutboundMessage(channel=Channel.WHATSAPP, address="whatsapp:+33600000021", text="Bonjour")),
+                await connectors["messenger"].send(OutboundMessage(channel=Channel.MESSENGER, address="messenger:7021", text="Hola")),
+            )
+        finally:
+            await connectors["whatsapp"].close()
+            await connectors["messenger"].close()
+
+    accepted, fb_accepted = asyncio.run(dead_attempts())
 
     run_worker(env, job_timeout=2)  # claims older than the job timeout (2 s) are dead
 
     rows = sends(env)
     assert (rows[went_out]["status"], rows[went_out]["provider_message_id"]) == ("sent", accepted.provider_message_id)
     assert rows[never_left]["status"] == "sent"
+    assert (rows[fb_went_out]["status"], rows[fb_went_out]["provider_message_id"]) == ("sent", fb_accepted.provider_message_id)
+    assert rows[fb_never_left]["status"] == "sent"
     assert (rows[unknowable]["status"], rows[unknowable]["reason"]) == ("failed", "in_doubt")
     assert sorted(r["to"] for r in twilio_sent(env)) == ["whatsapp:+33600000021", "whatsapp:+33600000022"], "one message each, never two"
+    graph_sends = [str(r["json"]["recipient"]["id"]) for r in requests_of(env, "graph") if r.get("json")]
+    assert sorted(graph_sends) == ["7021", "7022"], "one message each, never two"
     assert not [r for r in requests_of(env, "telegram") if r["method"] == "sendMessage"], "in doubt: not sent a second time"
     report = sending.report(env["store"], next(iter({r["run_id"] for r in rows.values()})))
     assert report is not None and report["failed_by_reason"] == {"in_doubt": 1}
+
+
+def test_a_messenger_reply_in_doubt_that_went_out_is_recorded_not_sent_again(env):
+    """A reply part cut by a crash after Messenger accepted it: found in the conversation, recorded
+    sent with its id; the next part of the same reply still goes out (the soak saw such a part
+    sent twice when Messenger could not be asked)."""
+    from connectors.types import Channel, OutboundMessage
+    from jisr.outbox import REPLIES_QUEUE, SendJob
+
+    contact = add_contact(env, "messenger:7311", language="de", last_inbound_at=REAL_NOW - dt.timedelta(minutes=1))
+    key = "reply:fb-doubt-after-crash"
+    parts = ("Die Anmeldung erfolgt beim Schulamt.", "Brauchen Sie noch etwas?")
+    for index, text in enumerate(parts):
+        env["contacts"].log_outbound(contact, "messenger", text, f"{key}:{index}")
+    _leave_dead_claim(env, f"{key}:0", seconds_ago=3)
+
+    async def scenario() -> Any:
+        connectors = build_connectors(env["settings"], env["redis"].client())
+        try:
+            accepted = await connectors["messenger"].send(OutboundMessage(channel=Channel.MESSENGER, address="messenger:7311", text=parts[0]))
+        finally:
+            await connectors["messenger"].close()
+        outbox = await Outbox.connect(env["redis"].host, env["redis"].port)
+        try:
+            assert await outbox.enqueue(SendJob(key, "messenger", "messenger:7311", parts=tuple((t, ()) for t in parts), contact_id=contact, lane="replies"))
+        finally:
+            await outbox.close()
+        await _burst(env, {"messenger": 50.0}, job_timeout=2, queue=REPLIES_QUEUE)
+        return accepted
+
+    accepted = asyncio.run(asyncio.wait_for(scenario(), 60))
+    sent = [r["json"]["message"]["text"] for r in requests_of(env, "graph") if r.get("json")]
+    assert sent == list(parts), "each part exactly once, in order"
+    with env["engine"].connect() as conn:
+        logged = dict(conn.execute(sa.select(schema.messages.c.idempotency_key, schema.messages.c.provider_message_id)
+                                   .where(schema.messages.c.idempotency_key.like(f"{key}:%"))).all())
+    assert logged[f"{key}:0"] == accepted.provider_message_id
+    assert env["contacts"].outbound_status(f"{key}:0") == "sent" and env["contacts"].outbound_status(f"{key}:1") == "sent"
 
 
 def test_a_reply_in_doubt_after_a_crash_is_sent_again_not_cut_short(env):

@@ -439,6 +439,42 @@ def test_outside_the_window_needs_a_tag(graph: str) -> None:
     send(graph, out("Bonjour, ici Samira, médiatrice.", psid=psid, messenger_tag="HUMAN_AGENT"))  # a person may answer for 7 days
 
 
+def _sent_since(graph_api_base: str, address: str, since: dt.datetime, page_token: str = PAGE_TOKEN) -> list[tuple[str, dt.datetime]]:
+    async def go() -> list[tuple[str, dt.datetime]]:
+        messenger = MessengerConnector(app_secret=APP_SECRET, verify_token=VERIFY_TOKEN, page_token=page_token, graph_api_base=graph_api_base)
+        try:
+            return await messenger.sent_since(address, since)
+        finally:
+            await messenger.close()
+
+    return asyncio.run(go())
+
+
+def test_what_the_page_sent_to_a_person_can_be_listed(graph: str) -> None:
+    """The Conversations API: the send queue asks it whether a send cut by a crash went out."""
+    before = dt.datetime.now(UTC) - dt.timedelta(seconds=2)
+    first = send(f"{graph}/v19.0", out("La rentrée est le 1er septembre."))
+    second = send(f"{graph}/v19.0", out("مرحبا، التسجيل يتم في البلدية"))
+    other = send(f"{graph}/v19.0", out("Hola", psid="1111222233334444"))
+    listed = _sent_since(f"{graph}/v19.0", f"messenger:{LYON}", before)
+    assert [mid for mid, _ in listed] == [second.provider_message_id, first.provider_message_id]  # newest first, this person only
+    assert other.provider_message_id not in {mid for mid, _ in listed}
+    assert all(before - dt.timedelta(seconds=1) <= at <= dt.datetime.now(UTC) + dt.timedelta(seconds=1) and at.tzinfo for _, at in listed)
+    assert _sent_since(graph, f"messenger:{LYON}", dt.datetime.now(UTC) + dt.timedelta(minutes=1)) == []
+    assert _sent_since(graph, "messenger:9999999999", before) == []  # no conversation at all
+    lookups = [r for r in recorded(graph) if r.get("method") == "GET"]
+    assert [r["path"] for r in lookups][:2] == ["/v19.0/me/conversations", f"/v19.0/t_{LYON}/messages"]
+    assert "json" not in lookups[0]  # a look-up is not a send
+
+
+def test_a_failed_lookup_is_transient(graph: str) -> None:
+    with pytest.raises(TransientSendError) as caught:
+        _sent_since(graph, f"messenger:{LYON}", dt.datetime.now(UTC), page_token="expired")
+    assert caught.value.code == "lookup"
+    with pytest.raises(TransientSendError):
+        _sent_since("http://127.0.0.1:9", f"messenger:{LYON}", dt.datetime.now(UTC))
+
+
 def test_wrong_page_token_is_permanent(graph: str) -> None:
     async def go() -> None:
         wrong = MessengerConnector(app_secret=APP_SECRET, verify_token=VERIFY_TOKEN, page_token="expired", graph_api_base=graph)

@@ -11,6 +11,9 @@
 - ``GET /_sim/handshake``: performs the subscribe handshake against Jisr.
 - ``POST /_sim/window``: closes (or reopens) a PSID's 24-hour window, so that
   RESPONSE messages to it fail with Graph's (#10)/2018278.
+- ``GET /me/conversations?platform=messenger&user_id=<psid>`` and
+  ``GET /{conversation-id}/messages``: the Conversations API, listing what the
+  page sent to a person (newest first), which the send queue asks after a crash.
 """
 
 from __future__ import annotations
@@ -134,6 +137,58 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
     app.add_api_route("/me/messages", send_message, methods=["POST"])
     app.add_api_route("/{version}/me/messages", send_message, methods=["POST"])
 
+    def token_refused(request: Request) -> Optional[JSONResponse]:
+        token = request.query_params.get("access_token", "")
+        if hmac.compare_digest(token.encode("utf-8"), page_token.encode("utf-8")):
+            return None
+        state.record(path=request.url.path, method="GET", status=400, error=190)
+        return JSONResponse(graph_error_body("Invalid OAuth access token.", 190), status_code=400)
+
+    def page_messages(psid: str) -> list[dict[str, Any]]:
+        """What the page sent to ``psid`` and accepted (the Send API's records), newest first."""
+        sent = [r for r in list(state.requests) if r.get("status") == 200 and r.get("message_id")
+                and str(((r.get("json") or {}).get("recipient") or {}).get("id")) == psid]
+        return [
+            {"id": r["message_id"], "created_time": _graph_time(r["at"]), "from": {"id": PAGE_ID, "name": "Jisr"},
+             "to": {"data": [{"id": psid}]}}
+            for r in reversed(sent)
+        ]
+
+    async def conversations(request: Request) -> JSONResponse:
+        """The Page's conversations; with ``user_id`` (a PSID) and ``platform=messenger``, that person's one."""
+        refused = token_refused(request)
+        if refused is not None:
+            return refused
+        psid = request.query_params.get("user_id")
+        platform = request.query_params.get("platform", "messenger")
+        if not psid or platform != "messenger":
+            state.record(path=request.url.path, method="GET", status=400, error=100)
+            return JSONResponse(graph_error_body("(#100) The simulator lists conversations by user_id on platform messenger only", 100), status_code=400)
+        found = page_messages(psid)
+        state.record(path=request.url.path, method="GET", status=200, user_id=psid)
+        data = [{"id": f"t_{psid}", "updated_time": found[0]["created_time"]}] if found else []
+        return JSONResponse({"data": data})
+
+    async def conversation_messages(request: Request, conversation_id: str) -> JSONResponse:
+        """A conversation's messages, newest first (``limit``, default 25)."""
+        refused = token_refused(request)
+        if refused is not None:
+            return refused
+        if not conversation_id.startswith("t_"):
+            state.record(path=request.url.path, method="GET", status=400, error=100)
+            return JSONResponse(graph_error_body(f"Unsupported get request. Object with ID '{conversation_id}' does not exist", 100, error_type="GraphMethodException"), status_code=400)
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "25")), 100))
+        except ValueError:
+            limit = 25
+        state.record(path=request.url.path, method="GET", status=200)
+        return JSONResponse({"data": page_messages(conversation_id[2:])[:limit]})
+
+    app.add_api_route("/me/conversations", conversations, methods=["GET"])
+    app.add_api_route("/{version}/me/conversations", conversations, methods=["GET"])
+    app.add_api_route("/{conversation_id}/messages", conversation_messages, methods=["GET"])
+    app.add_api_route("/{version}/{conversation_id}/messages", conversation_messages, methods=["GET"])
+
     @app.post("/_sim/window")
     def window(request: WindowRequest) -> dict[str, Any]:
         """Close or reopen a PSID's 24-hour window."""
@@ -181,6 +236,11 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
         return {"status": answer.status_code, "body": answer.text, "challenge": challenge, "verified": answer.status_code == 200 and answer.text == challenge}
 
     return app
+
+
+def _graph_time(at: float) -> str:
+    """A time as Graph writes it: 2026-12-05T06:00:00+0000."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(at))
 
 
 def _invalid(body: Any) -> Optional[str]:
