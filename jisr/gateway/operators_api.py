@@ -41,7 +41,7 @@ from jisr.paths import CONTENT_DIR, PROJECT_ROOT
 from jisr.programmes import PROGRAMMES_FILE, load_programmes
 from jisr.store import csv_io
 from jisr.store.campaign_scope import run_countries
-from jisr.store.contacts import ContactStore
+from jisr.store.contacts import ContactStore, ContactTopics
 from jisr.store.schema import contacts, messages
 
 # One dependency object for the router and the routes, so FastAPI runs it once per request.
@@ -242,6 +242,7 @@ def contact_profile(store: ContactStore, contact_id: int) -> Optional[dict[str, 
                 )
             ).all()
     history = store.consent_history(contact_id)
+    topics = store.topics_record(contact_id)
     return {
         "contact": {
             "id": contact.id,
@@ -264,10 +265,29 @@ def contact_profile(store: ContactStore, contact_id: int) -> Optional[dict[str, 
         "consent_history": [
             {"consent": e.consent, "source": e.source, "basis": e.basis, "channel": e.channel, "at": _iso(e.at)} for e in history
         ],
+        "topics": _topics_section(topics) if topics is not None else None,
     }
 
 
-@router.get("/contacts/{contact_id}", summary="A contact's profile and consent history (audit-logged)")
+def _topics_section(topics: ContactTopics) -> dict[str, Any]:
+    """Which reminder topics the family receives now and why (jisr.topics.reaches, through
+    ContactStore.topics_record). ``mode``: "chosen" (the topics it holds) or "all_by_default"
+    (it never chose: every topic but the stopped ones). ``none_because`` says why ``receives``
+    is empty: "opted_out", "consent_unknown" (no campaign reaches it) or "all_stopped"."""
+    receives = list(topics.receives)
+    none_because = None
+    if not receives:
+        none_because = {"opted_out": "opted_out", "opted_in": "all_stopped"}.get(topics.consent, "consent_unknown")
+    return {
+        "receives": receives,
+        "mode": "chosen" if topics.chose else "all_by_default",
+        "none_because": none_because,
+        "chosen": [{"topic": c.topic, "source": c.source, "at": _iso(c.at)} for c in topics.chosen],
+        "stopped": [{"topic": s.topic, "source": s.source, "channel": s.channel, "at": _iso(s.at)} for s in topics.stopped],
+    }
+
+
+@router.get("/contacts/{contact_id}", summary="A contact's profile, consent history and reminder topics (audit-logged)")
 async def contact_detail(contact_id: ContactId, services: ServicesDep, account: OperatorDep) -> dict[str, Any]:
     data = await asyncio.to_thread(contact_profile, services.store, contact_id)
     if data is None:

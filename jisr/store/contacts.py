@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from jisr.store.migrations import migrate
 from jisr.store.schema import campaign_sends, consent_events, contact_topic_stops, contact_topics, contacts, messages
-from jisr.topics import SUBSCRIPTION_TOPICS, TopicStop, stop_topics
+from jisr.topics import SUBSCRIPTION_TOPICS, TopicStop, reaches, stop_topics
 
 # Delivery statuses only move forward: a late "sent" receipt never undoes "read".
 STATUS_ORDER = {"planned": -1, "queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "undelivered": 4}
@@ -97,6 +97,50 @@ class ConsentEvent:
         data = dict(row._mapping)
         data["at"] = _aware(data["at"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ChosenTopic:
+    """A topic a contact holds (contact_topics): since when and where it came from."""
+
+    topic: str
+    source: str                      # conversation | web_form | import | operator
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class StoppedTopic:
+    """A topic the family stopped (contact_topic_stops), kept like a consent event."""
+
+    topic: str
+    source: str
+    channel: Optional[str]
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ContactTopics:
+    """A contact's reminder topics as one read: consent, the topics held and the stops, each in
+    SUBSCRIPTION_TOPICS order. What it receives is jisr.topics.reaches asked topic by topic,
+    the rule campaigns follow when planning and at send time, so an operator sees what the
+    family will get, not a second reading of the rule."""
+
+    consent: str
+    chosen: tuple[ChosenTopic, ...]
+    stopped: tuple[StoppedTopic, ...]
+
+    @property
+    def chose(self) -> bool:
+        """False: it never chose, so every topic but the stopped ones reaches it."""
+        return bool(self.chosen)
+
+    @property
+    def receives(self) -> tuple[str, ...]:
+        if self.consent != "opted_in":
+            return ()
+        held = [c.topic for c in self.chosen]
+        stopped = [s.topic for s in self.stopped]
+        return tuple(t for t in SUBSCRIPTION_TOPICS if reaches((t,), held, stopped))
 
 
 @dataclass(frozen=True)
@@ -376,6 +420,33 @@ class ContactStore:
     def stopped_topics_of(self, contact_id: int) -> list[str]:
         with self.engine.connect() as conn:
             return sorted(self._stopped_topics(conn, contact_id))
+
+    def topics_record(self, contact_id: int) -> Optional[ContactTopics]:
+        """Consent, held topics and stops with their source and time, read together so the
+        three agree (the operators' contact detail); None for an unknown contact."""
+        order = {t: i for i, t in enumerate(SUBSCRIPTION_TOPICS)}
+        with self.engine.connect() as conn:
+            consent = conn.execute(sa.select(contacts.c.consent).where(contacts.c.id == contact_id)).scalar()
+            if consent is None:
+                return None
+            held = conn.execute(
+                sa.select(contact_topics.c.topic, contact_topics.c.source, contact_topics.c.at).where(contact_topics.c.contact_id == contact_id)
+            ).all()
+            stops = conn.execute(
+                sa.select(contact_topic_stops.c.topic, contact_topic_stops.c.source, contact_topic_stops.c.channel, contact_topic_stops.c.at).where(
+                    contact_topic_stops.c.contact_id == contact_id
+                )
+            ).all()
+
+        def rank(row: Any) -> tuple[int, str]:
+            # A topic no longer in SUBSCRIPTION_TOPICS (renamed since) sorts last, still shown.
+            return order.get(row.topic, len(order)), row.topic
+
+        return ContactTopics(
+            consent=consent,
+            chosen=tuple(ChosenTopic(r.topic, r.source, _aware(r.at)) for r in sorted(held, key=rank)),
+            stopped=tuple(StoppedTopic(r.topic, r.source, r.channel, _aware(r.at)) for r in sorted(stops, key=rank)),
+        )
 
     # -- imported lists ----------------------------------------------------------------
 
