@@ -1,5 +1,5 @@
 /* The operators' console: indicators with charts and CSV, campaigns (from an example to a
- * followed run), contacts (search, consent history, import), programmes and calendars (read
+ * followed run), contacts (search, consent history, reminder topics, import), programmes and calendars (read
  * only), accounts and API tokens (admins).
  *
  * One script for the five pages; the body's data-page ("operators-<section>") says which to
@@ -67,6 +67,18 @@
       list.append(el('dt', { text: label }), el('dd', { text: value === null || value === undefined || value === '' ? '—' : String(value), dir: 'auto' }));
     }
     return list;
+  }
+
+  /** A catalogue text with each {value} in its own <bdi>, so a date or a Latin source name keeps
+   * its order inside an Arabic sentence (and an Arabic name inside a Latin one). A value is a
+   * string, or {text, dir} to fix its direction (dates: ltr). */
+  function isolated(key, vars) {
+    return t(key).split(/\{(\w+)\}/).map((part, index) => {
+      if (index % 2 === 0) return part;
+      const value = vars[part];
+      if (value === undefined || value === null) return '{' + part + '}';
+      return typeof value === 'object' ? el('bdi', { text: value.text, dir: value.dir }) : el('bdi', { text: value });
+    });
   }
 
   function table(columns, rows, onRow) {
@@ -569,10 +581,28 @@
           [t('operators.contacts.messages'), `${c.messages_in} / ${c.messages_out}`],
         ]),
         data.linked.length ? el('p', { className: 'muted', text: t('operators.contacts.linked', { list: data.linked.map(l => `#${l.id} ${l.address}`).join(', ') }) }) : null,
+        data.topics ? topicsOf(data.topics) : null,
         el('h3', { text: t('operators.contacts.history') }),
         data.consent_history.length
           ? table(['at', 'consent', 'source', 'basis', 'channel'].map(label), data.consent_history.map(e => [time(e.at), t('operators.consent.' + e.consent), e.source, e.basis, e.channel]))
           : el('p', { className: 'muted', text: t('operators.contacts.no_history') }));
+    }
+
+    /** Which reminder topics the family receives (the API applies the campaigns' rule), and its stops. */
+    function topicsOf(topics) {
+      // A topic this console has no name for (added on the server since) shows as its id.
+      const name = id => (t('operators.topics.' + id) === 'operators.topics.' + id ? id : t('operators.topics.' + id));
+      const names = ids => ids.map(name).join(t('operators.contacts.list_separator'));
+      const line = topics.receives.length
+        ? el('p', { id: 'contact-topics' }, isolated('operators.contacts.receives', { topics: names(topics.receives) }),
+          topics.mode === 'all_by_default' ? el('span', { className: 'muted', text: ' ' + t('operators.contacts.all_by_default') }) : null)
+        : el('p', { id: 'contact-topics' }, isolated('operators.contacts.receives_none', { reason: t('operators.contacts.none_' + topics.none_because) }));
+      const stops = topics.stopped.map(s => el('li', {}, isolated('operators.contacts.stopped', {
+        topic: name(s.topic), at: { text: time(s.at), dir: 'ltr' }, how: [s.source, s.channel].filter(Boolean).join(' · '),
+      })));
+      return el('div', { id: 'contact-topics-section' },
+        el('h3', { text: t('operators.contacts.topics') }), line,
+        stops.length ? el('ul', { id: 'contact-topic-stops' }, stops) : null);
     }
 
     async function importList() {
