@@ -4,7 +4,8 @@ an embedded Redis and the campaign queue (no sending worker: the sends wait in t
 
 An operator for France signs in, sees the indicators drawn as SVG charts with CSV links (and
 a family's message holding markup shown as text), then creates a campaign from an example:
-validate, preview, schedule, follow the run's progress, pause it.
+validate, preview, schedule, follow the run's progress, pause it; and opens contacts to see
+which reminder topics they receive, in French and in Arabic (right to left).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def seed(store: ContactStore) -> None:
         store.apply_status(f"SM-browser-{n}", "read" if n % 2 else "delivered")
         if n <= 2:  # the same unanswered question from two French families: shown (as text)
             store.log_inbound(contact.id, "whatsapp", f"in-browser-{n}", HOSTILE, [], intent="nlu_fallback", language="fr")
+    # The Arabic-speaking family stopped the exam reminders before it unsubscribed (the contact detail shows both).
+    store.stop_topics(store.by_address(families[2].address).id, ["exams"], "conversation", "whatsapp")
     # Opt-outs on two days: a line over time.
     now = dt.datetime.now(dt.timezone.utc)
     for n, days_ago in ((1, 2), (2, 0)):
@@ -214,6 +217,36 @@ def test_a_campaign_from_an_example_to_a_paused_run(page: Any) -> None:
         "422 validate?name=exam_period_parents.yml",
         "403 schedule?name=exam_period_parents.yml",
     ]
+
+
+def _open_contact(page: Any, digits: str) -> None:
+    page.fill("#op-q", digits)
+    page.click("form.op-filters button[type=submit]")
+    expect(page.locator("#contacts tbody tr")).to_have_count(1)
+    page.locator("#contacts tbody tr").click()
+
+
+def test_a_contacts_reminder_topics_in_french_and_in_arabic(page: Any) -> None:
+    page.click("a.op-tab[href='/console/operators/contacts']")
+    _open_contact(page, "612345601")  # on a list with consent, no topics column: every topic
+    expect(page.locator("#contact-topics")).to_have_text(
+        "Reçoit : rentrée scolaire, examens, dates limites et inscriptions, orientation, filières et formations, soutien scolaire"
+        " (tous les thèmes : n'a jamais choisi)"
+    )
+    expect(page.locator("#contact-topic-stops")).to_have_count(0)
+    # In Arabic, right to left: the family that stopped exam reminders, then unsubscribed.
+    page.goto("/console/operators/contacts?lang=ar")
+    _open_contact(page, "612345603")
+    expect(page.locator("#contact-topics")).to_have_text("لا يتلقى أي تذكير: ألغى الاشتراك في كل شيء")
+    stop = page.locator("#contact-topic-stops li")
+    expect(stop).to_have_count(1)
+    assert stop.inner_text().startswith("أوقف الامتحانات في ") and stop.inner_text().endswith("(conversation · whatsapp)")
+    assert stop.evaluate("node => getComputedStyle(node).direction") == "rtl"
+    # Topic, date, then how, laid out from the right: each value isolated, none pulled out of place.
+    topic, at, how = (stop.locator("bdi").nth(i).bounding_box() for i in range(3))
+    assert topic["x"] > at["x"] > how["x"], (topic, at, how)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
+    assert page.js_errors == []  # type: ignore[attr-defined]
 
 
 def test_an_admin_creates_an_operator_and_an_api_token(admin_page: Any) -> None:

@@ -69,15 +69,14 @@
     return list;
   }
 
-  /** A catalogue text with each {value} in its own <bdi>, so a date or a Latin source name keeps
-   * its order inside an Arabic sentence (and an Arabic name inside a Latin one). A value is a
-   * string, or {text, dir} to fix its direction (dates: ltr). */
+  /** A catalogue text with each {value} in its own <bdi>: a value takes the direction of its
+   * own first letter, so a Latin source name or a date keeps its order inside an Arabic sentence
+   * (and an Arabic date, "05/12 06:20 م", reads right to left inside a Latin one). */
   function isolated(key, vars) {
     return t(key).split(/\{(\w+)\}/).map((part, index) => {
       if (index % 2 === 0) return part;
       const value = vars[part];
-      if (value === undefined || value === null) return '{' + part + '}';
-      return typeof value === 'object' ? el('bdi', { text: value.text, dir: value.dir }) : el('bdi', { text: value });
+      return value === undefined || value === null ? '{' + part + '}' : el('bdi', { text: value });
     });
   }
 
@@ -598,7 +597,7 @@
           topics.mode === 'all_by_default' ? el('span', { className: 'muted', text: ' ' + t('operators.contacts.all_by_default') }) : null)
         : el('p', { id: 'contact-topics' }, isolated('operators.contacts.receives_none', { reason: t('operators.contacts.none_' + topics.none_because) }));
       const stops = topics.stopped.map(s => el('li', {}, isolated('operators.contacts.stopped', {
-        topic: name(s.topic), at: { text: time(s.at), dir: 'ltr' }, how: [s.source, s.channel].filter(Boolean).join(' · '),
+        topic: name(s.topic), at: time(s.at), how: [s.source, s.channel].filter(Boolean).join(' · '),
       })));
       return el('div', { id: 'contact-topics-section' },
         el('h3', { text: t('operators.contacts.topics') }), line,
