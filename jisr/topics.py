@@ -126,7 +126,11 @@ def reaches(campaign_topics: Iterable[str], held: Iterable[str], stopped: Iterab
     - a campaign naming no topic is general: it reaches every consenting contact;
     - a contact that chose topics gets the campaigns about one of them;
     - a contact that never chose (it asked for "the reminders", or came from a list without a
-      topics column) gets every topic's reminders, except those it stopped.
+      topics column) and never stopped one gets every topic's reminders;
+    - a contact holding no topic but having stopped some gets none: it stopped everything it
+      held. (A contact that never chose and stops one topic is recorded as holding all the
+      others: ContactStore.stop_topics.) This is ContactStore.reminder_topics' rule too; once
+      it sent such a family every topic but the one it had stopped.
     """
     wanted = set(campaign_topics)
     if not wanted:
@@ -134,7 +138,7 @@ def reaches(campaign_topics: Iterable[str], held: Iterable[str], stopped: Iterab
     chosen = set(held)
     if chosen:
         return bool(chosen & wanted)
-    return not wanted <= set(stopped)
+    return not set(stopped)
 
 
 def parse_topics(value: str) -> tuple[tuple[str, ...], list[str]]:

@@ -147,3 +147,32 @@ def test_asking_for_one_topic_never_narrows_a_family_that_gets_every_reminder(en
     assert contacts.reminder_topics(ids["subscribed-without-topics"]) == SUBSCRIPTION_TOPICS, "still every reminder"
     assert record_opt_in(contacts, ids["new"], text, "telegram") == ["exams"]
     assert contacts.reminder_topics(ids["new"]) == ("exams",), "a new subscriber gets what it asked for"
+
+
+def test_a_family_that_stopped_the_only_topic_it_chose_gets_no_topic_campaign(engine):
+    """Chose exam reminders only, then "no more exam reminders" (in Darija): no campaign about any
+    topic reaches it, and the store's reminder_topics and the campaign rule say the same."""
+    from jisr.topics import reaches
+
+    contacts = ContactStore(engine)
+    with engine.begin() as conn:
+        contact_id = int(conn.execute(schema.contacts.insert().values(
+            address="whatsapp:+212600000077", channel="whatsapp", language="ary", country="ES", consent="opted_in",
+            created_at=NOW)).inserted_primary_key[0])
+    contacts.subscribe_topics(contact_id, ("exams",), "conversation")
+    contacts.stop_topics(contact_id, ("exams",), "conversation", "whatsapp")
+    held, stopped = contacts.topics_of(contact_id), contacts.stopped_topics_of(contact_id)
+    assert (held, stopped) == ([], ["exams"])
+    assert contacts.reminder_topics(contact_id) == ()
+    assert [t for t in SUBSCRIPTION_TOPICS if reaches((t,), held, stopped)] == []
+    assert reaches((), held, stopped), "a general campaign (no topic) still reaches a consenting contact"
+
+    # A family that never chose and stops one topic keeps every other one, by either rule.
+    with engine.begin() as conn:
+        other = int(conn.execute(schema.contacts.insert().values(
+            address="telegram:7777", channel="telegram", language="it", country="IT", consent="opted_in",
+            created_at=NOW)).inserted_primary_key[0])
+    contacts.stop_topics(other, ("exams",), "conversation", "telegram")
+    expected = tuple(t for t in SUBSCRIPTION_TOPICS if t != "exams")
+    assert contacts.reminder_topics(other) == expected
+    assert tuple(t for t in SUBSCRIPTION_TOPICS if reaches((t,), contacts.topics_of(other), contacts.stopped_topics_of(other))) == expected
