@@ -272,7 +272,7 @@ def contact_profile(store: ContactStore, contact_id: int) -> Optional[dict[str, 
 def _topics_section(topics: ContactTopics) -> dict[str, Any]:
     """Which reminder topics the family receives now and why (jisr.topics.reaches, through
     ContactStore.topics_record). ``mode``: "chosen" (the topics it holds) or "all_by_default"
-    (it never chose: every topic but the stopped ones). ``none_because`` says why ``receives``
+    (it holds no topic: every topic if it never stopped one). ``none_because`` says why ``receives``
     is empty: "opted_out", "consent_unknown" (no campaign reaches it) or "all_stopped"."""
     receives = list(topics.receives)
     none_because = None

@@ -131,7 +131,8 @@ class ContactTopics:
 
     @property
     def chose(self) -> bool:
-        """False: it never chose, so every topic but the stopped ones reaches it."""
+        """False: it holds no topic, so every topic reaches it if it never stopped one, and none
+        if it did (it stopped all it held): jisr.topics.reaches."""
         return bool(self.chosen)
 
     @property
