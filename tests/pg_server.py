@@ -61,6 +61,19 @@ def find_bindir() -> Path:
     )
 
 
+def new_database(server_url: str, name: str) -> str:
+    """Create the empty database ``name`` on the throwaway server of ``server_url``; its URL."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server_url, future=True, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from jisr.indicators import Scope, csv_cell, parse_bound, redact
 from jisr.store.campaigns import CampaignStore
 from jisr.store.contacts import ContactStore, create_db_engine
 from jisr.store.schema import contacts, handoffs, messages
-from pg_server import postgres_server
+from pg_server import new_database, postgres_server
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
@@ -42,14 +42,7 @@ _databases = itertools.count()
 
 
 def _new_pg_database(server_url: str) -> str:
-    name = f"indicators_{next(_databases)}"
-    admin = sa.create_engine(server_url, future=True, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return new_database(server_url, f"indicators_{next(_databases)}")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -30,7 +30,7 @@ from jisr.redisconn import connect_redis
 from jisr.settings import Settings
 from jisr.store.contacts import ContactStore, create_db_engine
 from jisr.store.schema import audit_log, contacts
-from pg_server import postgres_server
+from pg_server import new_database, postgres_server
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -49,11 +49,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         url = f"sqlite:///{tmp / 'jisr.db'}"
     else:
         server = request.getfixturevalue("pg_server_url")
-        admin = sa.create_engine(server, future=True, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text('CREATE DATABASE "operators_api"'))
-        admin.dispose()
-        url = server.rsplit("/", 1)[0] + "/operators_api"
+        url = new_database(server, "operators_api")
     settings = Settings(database_url=url, var_dir=tmp, operator_api_token=None)
     redis = connect_redis(None, directory=tmp)
     engine = create_db_engine(url)

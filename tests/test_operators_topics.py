@@ -40,7 +40,7 @@ from jisr.store.campaigns import CampaignStore
 from jisr.store.contacts import ContactStore, ImportedContact, create_db_engine
 from jisr.store.schema import audit_log, campaign_runs, campaign_sends
 from jisr.topics import SUBSCRIPTION_TOPICS
-from pg_server import postgres_server
+from pg_server import new_database, postgres_server
 
 PASSWORD = "reminder topics for operators 2026"
 UTC = dt.timezone.utc
@@ -88,11 +88,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         url = f"sqlite:///{tmp / 'jisr.db'}"
     else:
         server = request.getfixturevalue("pg_server_url")
-        admin = sa.create_engine(server, future=True, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text('CREATE DATABASE "operators_topics"'))
-        admin.dispose()
-        url = server.rsplit("/", 1)[0] + "/operators_topics"
+        url = new_database(server, "operators_topics")
     redis = connect_redis(None, directory=tmp)
     engine = create_db_engine(url)
     store = ContactStore(engine)

@@ -650,14 +650,10 @@ def test_forget_and_purge_on_postgresql():
     from jisr.mediation.store import HandoffStore
     from jisr.privacy.erasure import forget
     from jisr.privacy.export import export_contact
-    from pg_server import postgres_server
+    from pg_server import new_database, postgres_server
 
     with postgres_server(timezone="America/St_Johns") as server_url:
-        admin = sa.create_engine(server_url, future=True, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text('CREATE DATABASE "privacy"'))
-        admin.dispose()
-        engine = create_db_engine(server_url.rsplit("/", 1)[0] + "/privacy")
+        engine = create_db_engine(new_database(server_url, "privacy"))
         try:
             store = ContactStore(engine)
             old = dt.datetime.now(UTC) - dt.timedelta(days=200)

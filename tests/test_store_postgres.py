@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from jisr.store import migrations, schema
 from jisr.store.contacts import ContactStore, create_db_engine
 from jisr.store.csv_io import export_csv, import_csv
-from pg_server import postgres_server
+from pg_server import new_database, postgres_server
 
 PG_TIMEZONE = "America/St_Johns"
 UTC = dt.timezone.utc
@@ -59,14 +59,7 @@ _database_numbers = itertools.count()
 
 def new_pg_database(server_url: str) -> str:
     """A new empty database on the module's server; returns its URL."""
-    name = f"test_{next(_database_numbers)}"
-    admin = sa.create_engine(server_url, future=True, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return new_database(server_url, f"test_{next(_database_numbers)}")
 
 
 @pytest.fixture
@@ -216,7 +209,8 @@ def test_aware_datetimes_round_trip_as_the_same_instant_in_utc(store):
     assert_utc(event.at)
 
 
-def test_get_or_create_when_another_process_creates_the_contact_first(store, db_url, engines):
+@pytest.mark.parametrize("creating", ["get_or_create", "receive_inbound"])
+def test_a_contact_another_process_creates_first_is_used(store, db_url, engines, creating):
     # The other process inserts the address between our SELECT and our INSERT: our INSERT
     # fails, and PostgreSQL refuses every further statement of that transaction.
     other = sa.create_engine(db_url, future=True)
@@ -233,11 +227,16 @@ def test_get_or_create_when_another_process_creates_the_contact_first(store, db_
 
     sa.event.listen(store.engine, "before_cursor_execute", insert_first)
     try:
-        contact = store.get_or_create("telegram:race", "telegram")
+        if creating == "get_or_create":
+            contact = store.get_or_create("telegram:race", "telegram")
+        else:
+            contact, message_id = store.receive_inbound("telegram:race", "telegram", "7", "salam", [], dt.datetime.now(UTC))
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", insert_first)
     assert fired and contact.address == "telegram:race"
     assert [c["id"] for c in rows(store.engine, schema.contacts)] == [contact.id]
+    if creating == "receive_inbound":
+        assert [(m["id"], m["contact_id"], m["text"]) for m in rows(store.engine, schema.messages)] == [(message_id, contact.id, "salam")]
 
 
 def test_receiving_a_message_creates_touches_and_logs_in_one_call(store):
@@ -260,29 +259,6 @@ def test_receiving_a_message_creates_touches_and_logs_in_one_call(store):
     assert ids == store.log_outbound_many(contact.id, "whatsapp", [("uno", "r:SM2:0"), ("dos", "r:SM2:1")])  # once per key
     out = [(r["text"], r["idempotency_key"], r["status"]) for r in rows(store.engine, schema.messages) if r["direction"] == "out"]
     assert out == [("uno", "r:SM2:0", "queued"), ("dos", "r:SM2:1", "queued")]
-
-
-def test_receiving_when_another_process_creates_the_contact_first(store, db_url, engines):
-    other = sa.create_engine(db_url, future=True)
-    engines.append(other)
-    fired: list[int] = []
-
-    def insert_first(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("INSERT INTO CONTACTS") and not fired:
-            fired.append(1)
-            with other.begin() as other_conn:
-                other_conn.execute(
-                    schema.contacts.insert().values(address="telegram:race2", channel="telegram", created_at=dt.datetime.now(UTC))
-                )
-
-    sa.event.listen(store.engine, "before_cursor_execute", insert_first)
-    try:
-        contact, message_id = store.receive_inbound("telegram:race2", "telegram", "7", "salam", [], dt.datetime.now(UTC))
-    finally:
-        sa.event.remove(store.engine, "before_cursor_execute", insert_first)
-    assert fired and contact.address == "telegram:race2"
-    assert [c["id"] for c in rows(store.engine, schema.contacts)] == [contact.id]
-    assert [(m["id"], m["contact_id"], m["text"]) for m in rows(store.engine, schema.messages)] == [(message_id, contact.id, "salam")]
 
 
 # -- the message log --------------------------------------------------------------------------
