@@ -205,3 +205,39 @@ def test_a_save_outside_a_turn_hands_nothing_over(assistant: Any, tmp_path: Path
         assert 3500 < ttl <= 3600  # the retention period still applies
     finally:
         handle.close()
+
+
+def test_a_long_session_is_capped_and_keeps_its_slots_and_answers(assistant: Any, tmp_path: Path, monkeypatch: Any,
+                                                                  event_loop_for_session: asyncio.AbstractEventLoop) -> None:
+    """A family writing all day: the stored session stays bounded, the slots it set early (country,
+    language) still hold, and the assistant still answers for that country in its language."""
+    from jisr.assistant import tracker_store as module
+    from jisr.redisconn import connect_redis
+
+    monkeypatch.setattr(module, "MAX_SESSION_EVENTS", 60)
+    monkeypatch.setattr(module, "KEEP_EVENTS", 30)
+    handle = connect_redis(None, directory=tmp_path)
+    agent = assistant.agent
+    store = CurrentSessionTrackerStore(agent.domain, host=handle.host, port=handle.port, db=1, key_prefix="jisr")
+    kept = (agent.tracker_store, agent.processor.tracker_store)
+    agent.tracker_store = agent.processor.tracker_store = store
+    run = event_loop_for_session.run_until_complete
+    sender = "whatsapp:+34600000123"
+    try:
+        first = run(assistant.handle(sender, "Hola, vivimos en Madrid y mi hijo está en la ESO", {"country": "ES"}))
+        assert first.language == "es"
+        sizes = []
+        for text in ["¿Cómo matriculo a mi hija en el colegio?", "gracias", "¿Cuándo son los exámenes?", "vale"] * 6:
+            run(assistant.handle(sender, text))
+            sizes.append(len(run(store.retrieve_full_tracker(sender)).events))
+        assert max(sizes) <= 60 + 20, sizes  # never far past the cap (one turn's events at most)
+        assert min(sizes[10:]) >= 30, sizes   # and never cut below what is kept
+        stored = run(store.retrieve_full_tracker(sender))
+        assert stored.events[0].as_dict()["name"] == "action_session_start"
+        assert stored.get_slot("country") == "ES" and stored.get_slot("language") == "es"
+        last = run(assistant.handle(sender, "¿Cómo matriculo a mi hija en el colegio?"))
+        assert last.intent == "ask_enrollment" and last.language == "es"
+        assert last.slots.get("country") == "ES"
+    finally:
+        agent.tracker_store, agent.processor.tracker_store = kept
+        handle.close()
