@@ -17,7 +17,7 @@ import yaml
 from babel.dates import format_date, format_interval
 
 from jisr.calendars import CalendarEvent, SchoolCalendar, parse_iso_date
-from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES
+from jisr.paths import CONTENT_DIR, REPLY_LANGUAGES, date_locale
 
 KNOWLEDGE_DIR = CONTENT_DIR / "knowledge"
 TOPICS = (
@@ -122,7 +122,7 @@ class KnowledgeBase:
 
 
 def format_day(day: dt.date, language: str) -> str:
-    return format_date(day, format="long", locale=language if language in REPLY_LANGUAGES else "fr")
+    return format_date(day, format="long", locale=date_locale(language))
 
 
 # What families ask dates for, most wanted first: exams and the year's start and
@@ -155,7 +155,7 @@ def format_dates(
         if dates.first_day == dates.last_day:
             when = format_day(dates.first_day, locale)
         else:
-            when = format_interval(dates.first_day, dates.last_day, "yMMMd", locale=locale)
+            when = format_interval(dates.first_day, dates.last_day, "yMMMd", locale=date_locale(locale))
         mark = "" if event.confirmed else f" ({unconfirmed_label})"
         lines.append(f"• {event.name(locale)}: {when}{mark}")
     return "\n".join(lines)

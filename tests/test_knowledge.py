@@ -88,3 +88,18 @@ def test_programmes_are_complete():
         assert set(programme.topics) <= set(TOPICS), programme.id
         for language in REPLY_LANGUAGES:
             assert programme.how_to_join.get(language, "").strip(), (programme.id, language)
+
+
+def test_arabic_dates_use_the_moroccan_month_names_of_the_reply_texts():
+    """The reply texts write the months as Moroccans do (غشت, شتنبر, دجنبر): dates computed for a
+    family in Arabic (exam dates, a mediator's return) say them the same way."""
+    import datetime as dt
+
+    from jisr.knowledge import format_day
+
+    assert "غشت" in format_day(dt.date(2027, 8, 31), "ar")
+    assert "شتنبر" in format_day(dt.date(2026, 9, 1), "ar")
+    assert "دجنبر" in format_day(dt.date(2026, 12, 25), "ar") and "ديسمبر" not in format_day(dt.date(2026, 12, 25), "ar")
+    assert format_day(dt.date(2026, 12, 25), "fr") == "25 décembre 2026"
+    assert format_day(dt.date(2026, 12, 25), "de") == "25. Dezember 2026"
+    assert format_day(dt.date(2026, 12, 25), "ary") == "25 décembre 2026"  # not a reply language: French, as before

@@ -17,7 +17,7 @@ from babel.dates import format_date
 
 from jisr.content import ReplyBook
 from jisr.mediation.config import WorkingHours
-from jisr.paths import REPLY_LANGUAGES
+from jisr.paths import REPLY_LANGUAGES, date_locale
 
 # Less than this left in a shift: promise the next shift rather than "today".
 LAST_CALL = dt.timedelta(minutes=30)
@@ -107,6 +107,6 @@ def eta_text(replies: ReplyBook, language: str, when: Eta, zone: ZoneInfo, now: 
     else:
         locale = language if language in REPLY_LANGUAGES else "fr"
         pattern = "EEEE" if (local.date() - today).days < WEEKDAY_ALONE_WITHIN else DAY_AND_DATE.get(locale, "EEEE d MMMM")
-        weekday = format_date(local.date(), format=pattern, locale=locale)
+        weekday = format_date(local.date(), format=pattern, locale=date_locale(locale))
         day = str(days.get("weekday", "{weekday}")).format(weekday=weekday)
     return replies.text("handoff_eta_next_shift", language, day=day, time=time)
