@@ -848,6 +848,21 @@ def test_the_eta_sentence_exists_in_every_form_and_uses_the_familys_time(languag
     assert REPLIES.raw("handoff_hours", language)["two"] in within
 
 
+@pytest.mark.parametrize(
+    "language, hours, words",
+    [("ar", 1, "ساعة تقريباً"), ("ar", 2, "ساعتين"), ("ar", 3, "3 ساعات"), ("ar", 10, "10 ساعات"), ("ar", 11, "11 ساعة"), ("ar", 24, "24 ساعة"),
+     ("fr", 3, "environ 3 heures"), ("fr", 11, "environ 11 heures"), ("es", 11, "unas 11 horas"), ("de", 24, "etwa 24 Stunden"), ("it", 1, "circa un'ora")],
+)
+def test_about_n_hours_follows_each_languages_plural(language, hours, words):
+    """Arabic counts 3 to 10 with the plural (ساعات) and 11 or more with the singular (ساعة); a
+    wait configured longer than 2 hours must not read wrong."""
+    from jisr.mediation.hours import hours_phrase
+
+    assert words in hours_phrase(REPLIES, language, hours)
+    if language == "ar" and hours >= 11:
+        assert "ساعات" not in hours_phrase(REPLIES, language, hours)
+
+
 def _turn(text: str, intent: Optional[str], fell_back: bool = False, **slots: Any) -> Turn:
     return Turn(text=text, language="fr", language_form="fr", dialect=None, intent=intent, confidence=0.9, fell_back=fell_back, entities=[], slots=slots, replies=[])
 

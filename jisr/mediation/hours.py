@@ -86,12 +86,24 @@ def family_zone(timezone: Optional[str], hours: WorkingHours) -> ZoneInfo:
     return hours.zone
 
 
+def hours_phrase(replies: ReplyBook, language: str, n: int) -> str:
+    """"about n hours" in the reply language (``handoff_hours``): ``one``, ``two``, then the
+    language's own plural category where the file names it (Arabic counts 3–10 hours with
+    ساعات, CLDR "few", and 11 or more with ساعة, "many"/"other"), else ``many``."""
+    from babel import Locale
+
+    counts = replies.raw("handoff_hours", language)
+    if n in (1, 2):
+        form = "one" if n == 1 else "two"
+    else:
+        form = Locale.parse(date_locale(language)).plural_form(n)
+    return str(counts.get(form) or counts["many"]).format(n=n)
+
+
 def eta_text(replies: ReplyBook, language: str, when: Eta, zone: ZoneInfo, now: dt.datetime) -> str:
     """The sentence saying when a person answers, in the family's language and local time."""
     if when.kind == "within":
-        counts = replies.raw("handoff_hours", language)
-        form = "one" if when.hours == 1 else "two" if when.hours == 2 else "many"
-        duration = str(counts[form]).format(n=when.hours)
+        duration = hours_phrase(replies, language, when.hours)
         return replies.text("handoff_eta_within", language, duration=duration)
     assert when.at is not None
     local = when.at.astimezone(zone)
