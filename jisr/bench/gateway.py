@@ -481,7 +481,7 @@ class BenchReport:
             t = targets["p95_under_150ms_at_rate"]
             out.append(
                 f"target: p95 < {P95_TARGET_MS:.0f} ms at {t['rate']:g} msg/s: Jisr {t['p95_ms']} ms, {t['errors']} errors,"
-            f" {t['held']} held for a mediator — {'met' if t['met'] else 'MISSED'}"
+                f" {t['held']} held for a mediator — {'met' if t['met'] else 'MISSED'}"
             )
         return "\n".join(out)
 

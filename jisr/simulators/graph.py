@@ -99,13 +99,20 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
     message_numbers = itertools.count(1)
     mount_control(app, state)
 
+    def token_refused(request: Request, **recorded: Any) -> Optional[JSONResponse]:
+        """Graph's (#190) answer when the page token is not the configured one (recorded); else None."""
+        token = request.query_params.get("access_token", "")
+        if hmac.compare_digest(token.encode("utf-8"), page_token.encode("utf-8")):
+            return None
+        state.record(path=request.url.path, status=400, error=190, **recorded)
+        return JSONResponse(graph_error_body("Invalid OAuth access token.", 190), status_code=400)
+
     async def send_message(request: Request) -> JSONResponse:
         """The Send API: check the token and the body as Graph does, then answer or fail as planned."""
         path = request.url.path
-        token = request.query_params.get("access_token", "")
-        if not hmac.compare_digest(token.encode("utf-8"), page_token.encode("utf-8")):
-            state.record(path=path, json=None, status=400, error=190)
-            return JSONResponse(graph_error_body("Invalid OAuth access token.", 190), status_code=400)
+        refused = token_refused(request, json=None)
+        if refused is not None:
+            return refused
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -137,13 +144,6 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
     app.add_api_route("/me/messages", send_message, methods=["POST"])
     app.add_api_route("/{version}/me/messages", send_message, methods=["POST"])
 
-    def token_refused(request: Request) -> Optional[JSONResponse]:
-        token = request.query_params.get("access_token", "")
-        if hmac.compare_digest(token.encode("utf-8"), page_token.encode("utf-8")):
-            return None
-        state.record(path=request.url.path, method="GET", status=400, error=190)
-        return JSONResponse(graph_error_body("Invalid OAuth access token.", 190), status_code=400)
-
     def page_messages(psid: str) -> list[dict[str, Any]]:
         """What the page sent to ``psid`` and accepted (the Send API's records), newest first."""
         sent = [r for r in list(state.requests) if r.get("status") == 200 and r.get("message_id")
@@ -156,7 +156,7 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
 
     async def conversations(request: Request) -> JSONResponse:
         """The Page's conversations; with ``user_id`` (a PSID) and ``platform=messenger``, that person's one."""
-        refused = token_refused(request)
+        refused = token_refused(request, method="GET")
         if refused is not None:
             return refused
         psid = request.query_params.get("user_id")
@@ -171,7 +171,7 @@ def create_app(page_token: str = "dev", app_secret: str = "dev", verify_token: s
 
     async def conversation_messages(request: Request, conversation_id: str) -> JSONResponse:
         """A conversation's messages, newest first (``limit``, default 25)."""
-        refused = token_refused(request)
+        refused = token_refused(request, method="GET")
         if refused is not None:
             return refused
         if not conversation_id.startswith("t_"):

@@ -246,7 +246,11 @@ class ContactStore:
 
     def touch_inbound(self, contact_id: int, at: Optional[dt.datetime] = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(contacts.update().where(contacts.c.id == contact_id).values(last_inbound_at=at or _now()))
+            self._touch_inbound(conn, contact_id, at or _now())
+
+    @staticmethod
+    def _touch_inbound(conn: Connection, contact_id: int, at: dt.datetime) -> None:
+        conn.execute(contacts.update().where(contacts.c.id == contact_id).values(last_inbound_at=at))
 
     def update_profile(self, contact_id: int, **fields: Optional[str]) -> None:
         with self.engine.begin() as conn:
@@ -273,7 +277,7 @@ class ContactStore:
             try:
                 with self.engine.begin() as conn:
                     contact = self._get_or_create(conn, address, channel)
-                    conn.execute(contacts.update().where(contacts.c.id == contact.id).values(last_inbound_at=received_at))
+                    self._touch_inbound(conn, contact.id, received_at)
                     return contact, self._log_inbound(conn, contact.id, channel, provider_message_id, text, media)
             except sa.exc.IntegrityError:
                 # Another process created the contact in between: the whole transaction again.
@@ -402,8 +406,10 @@ class ContactStore:
 
     def _reminder_topics(self, conn: Connection, contact_id: int, consent: Optional[str]) -> tuple[str, ...]:
         held = self._held_topics(conn, contact_id)
-        if not held and consent == "opted_in" and not self._stopped_topics(conn, contact_id):
-            return SUBSCRIPTION_TOPICS
+        if not held and consent == "opted_in":
+            # Holding no topic: every topic, or none once one was stopped — campaigns' own rule.
+            stopped = self._stopped_topics(conn, contact_id)
+            return tuple(t for t in SUBSCRIPTION_TOPICS if reaches((t,), held, stopped))
         return tuple(t for t in SUBSCRIPTION_TOPICS if t in held)
 
     @staticmethod
